@@ -1,0 +1,45 @@
+"""hf-sparse: structured sparsity and low-rank factorization for Hugging Face Transformers.
+
+Importing this package registers the ``hf_sparse`` quantization config and quantizer with transformers,
+so ``AutoModel*.from_pretrained`` can compress models and reload compressed ones.
+"""
+
+from . import methods  # noqa: F401  (registers every method's config, converter and layers)
+from .auto import (
+    SparseAutoModel,
+    SparseAutoModelForCausalLM,
+    SparseAutoModelForMaskedLM,
+    SparseAutoModelForSequenceClassification,
+)
+from .config import ComposedSparsityConfig, SparsityConfig
+from .inject import apply_plan, densify, get_sparsity_config, sparse_layers, sparsify
+from .layers import PlanError, SparseLayer
+from .methods.greenformer import CED, LED, GreenformerConfig
+from .quantizer import SparseHfQuantizer, register
+from .summary import SparsitySummary, summary
+
+register()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CED",
+    "LED",
+    "ComposedSparsityConfig",
+    "GreenformerConfig",
+    "PlanError",
+    "SparseAutoModel",
+    "SparseAutoModelForCausalLM",
+    "SparseAutoModelForMaskedLM",
+    "SparseAutoModelForSequenceClassification",
+    "SparseHfQuantizer",
+    "SparseLayer",
+    "SparsityConfig",
+    "SparsitySummary",
+    "apply_plan",
+    "densify",
+    "get_sparsity_config",
+    "sparse_layers",
+    "sparsify",
+    "summary",
+]

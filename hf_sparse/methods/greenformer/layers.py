@@ -1,0 +1,209 @@
+"""LED (Linear Encoder-Decoder) and CED (Convolutional Encoder-Decoder): two thin layers for one dense one."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...dense import describe_dense
+from ...layers import PlanError, SparseLayer, require, require_positive_int
+from ...registry import register_layer
+
+_SOURCE_KEYS = ("source", "in_features", "out_features", "bias")
+_CONV_KEYS = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+
+
+def _source_from_spec(spec: dict[str, Any], conv: bool) -> dict[str, Any]:
+    require(spec, "source", str)
+    require_positive_int(spec, "in_features")
+    require_positive_int(spec, "out_features")
+    require(spec, "bias", bool)
+    if conv:
+        for key in ("kernel_size", "stride", "dilation"):
+            require(spec, key, list)
+        require(spec, "padding", (list, str))
+        require_positive_int(spec, "groups")
+        require(spec, "padding_mode", str)
+    return {key: spec[key] for key in _SOURCE_KEYS + (_CONV_KEYS if conv else ())}
+
+
+@register_layer
+class LED(SparseLayer):
+    """``y = (x V^T) U^T + b``: a Linear (or GPT-2 ``Conv1D``) factorized at rank ``r``.
+
+    Shapes: ``weight_v (r, in)``, ``weight_u (out, r)``, ``bias (out,)``; input ``(*, in)`` -> ``(*, out)``.
+    Costs ``r (in + out)`` parameters and ``2 r (in + out)`` FLOPs per token instead of ``in * out`` / ``2 in out``.
+    """
+
+    method = "greenformer"
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 source: str = "Linear", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.source = {"source": source, "in_features": in_features, "out_features": out_features, "bias": bias}
+        self.weight_v = nn.Parameter(torch.empty(rank, in_features, **factory))
+        self.weight_u = nn.Parameter(torch.empty(out_features, rank, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Init so the product ``U V`` has the variance of ``nn.Linear``'s default init (``1 / (3 in)``)."""
+        if self.weight_v.is_meta:
+            return
+        target_std = 1.0 / math.sqrt(3 * self.in_features)
+        nn.init.normal_(self.weight_v, std=1.0 / math.sqrt(self.in_features))
+        nn.init.normal_(self.weight_u, std=target_std * math.sqrt(self.in_features / self.rank))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.weight_v), self.weight_u, self.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight_u @ self.weight_v
+
+    @classmethod
+    @torch.no_grad()
+    def from_factors(cls, dense: nn.Module, u: torch.Tensor, v: torch.Tensor) -> LED:
+        """LED replacing ``dense`` (Linear / Conv1D) with ``W ~ u (out, r) @ v (r, in)``; bias copied."""
+        desc = describe_dense(dense)
+        ref = dense.weight
+        layer = cls(desc["in_features"], desc["out_features"], u.shape[1], desc["bias"], desc["source"],
+                    device="meta", dtype=ref.dtype)
+        layer.weight_u = nn.Parameter(u.to(device=ref.device, dtype=ref.dtype).contiguous())
+        layer.weight_v = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).contiguous())
+        if desc["bias"]:
+            layer.bias = nn.Parameter(dense.bias.detach().clone())
+        return layer.train(dense.training)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device=None, dtype=None) -> LED:
+        src = _source_from_spec(spec, conv=False)
+        if src["source"] not in ("Linear", "Conv1D"):
+            raise PlanError(f"LED replaces Linear or Conv1D layers, plan says source={src['source']!r}")
+        return cls(src["in_features"], src["out_features"], require_positive_int(spec, "rank"), src["bias"],
+                   src["source"], device=device, dtype=dtype)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "method": self.method, **self.source, "rank": self.rank}
+
+    @classmethod
+    def params_and_flops(cls, spec: dict[str, Any]) -> tuple[int, int]:
+        r, m, n = spec["rank"], spec["out_features"], spec["in_features"]
+        return r * (m + n) + (m if spec["bias"] else 0), 2 * r * (m + n)
+
+    @classmethod
+    def describe(cls, spec: dict[str, Any]) -> str:
+        return f"rank {spec['rank']}"
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"bias={self.bias is not None}, source={self.source['source']}")
+
+
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@register_layer
+class CED(SparseLayer):
+    """A ConvNd factorized at rank ``r``: a conv with ``r`` filters (original kernel, stride, padding,
+    dilation) followed by a 1x1 conv to ``out`` channels.
+
+    Shapes: ``weight_v (r, in, *kernel)``, ``weight_u (out, r, 1, ...)``, ``bias (out,)``; input
+    ``(N, in, *spatial)`` -> ``(N, out, *spatial_out)``. Only ``groups == 1`` convs are factorized.
+    """
+
+    method = "greenformer"
+
+    def __init__(self, source: dict[str, Any], rank: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if source.get("groups", 1) != 1:
+            raise ValueError(f"CED factorizes convs with groups=1 only, got groups={source.get('groups')}")
+        factory = {"device": device, "dtype": dtype}
+        self.source = dict(source)
+        self.rank = rank
+        self.in_channels, self.out_channels = source["in_features"], source["out_features"]
+        self.kernel_size = tuple(source["kernel_size"])
+        self.dim = len(self.kernel_size)
+        self.stride, self.dilation = tuple(source["stride"]), tuple(source["dilation"])
+        self.padding = source["padding"] if isinstance(source["padding"], str) else tuple(source["padding"])
+        self.padding_mode = source["padding_mode"]
+        if self.padding_mode != "zeros" and isinstance(self.padding, str):
+            raise ValueError("CED supports string padding only with padding_mode='zeros'")
+        self.weight_v = nn.Parameter(torch.empty(rank, self.in_channels, *self.kernel_size, **factory))
+        self.weight_u = nn.Parameter(torch.empty(self.out_channels, rank, *([1] * self.dim), **factory))
+        self.bias = nn.Parameter(torch.empty(self.out_channels, **factory)) if source["bias"] else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Init so the product has the variance of ``nn.ConvNd``'s default init (``1 / (3 fan_in)``)."""
+        if self.weight_v.is_meta:
+            return
+        fan_in = self.in_channels * math.prod(self.kernel_size)
+        nn.init.normal_(self.weight_v, std=1.0 / math.sqrt(fan_in))
+        nn.init.normal_(self.weight_u, std=math.sqrt(1.0 / (3 * self.rank)))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = _CONV_FN[self.dim]
+        if self.padding_mode != "zeros":
+            pad = [p for p in reversed(self.padding) for _ in range(2)]
+            x = F.pad(x, pad, mode=self.padding_mode)
+            hidden = conv(x, self.weight_v, None, self.stride, 0, self.dilation)
+        else:
+            hidden = conv(x, self.weight_v, None, self.stride, self.padding, self.dilation)
+        return conv(hidden, self.weight_u, self.bias)
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight_u.reshape(self.out_channels, self.rank) @ self.weight_v.reshape(self.rank, -1)
+
+    @classmethod
+    @torch.no_grad()
+    def from_factors(cls, dense: nn.Module, u: torch.Tensor, v: torch.Tensor) -> CED:
+        """CED replacing ``dense`` (ConvNd) with ``W ~ u (out, r) @ v (r, in * prod(kernel))``; bias copied."""
+        desc = describe_dense(dense)
+        ref = dense.weight
+        rank = u.shape[1]
+        layer = cls(desc, rank, device="meta", dtype=ref.dtype)
+        layer.weight_u = nn.Parameter(u.to(device=ref.device, dtype=ref.dtype).reshape(layer.weight_u.shape).clone())
+        layer.weight_v = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).reshape(layer.weight_v.shape).clone())
+        if desc["bias"]:
+            layer.bias = nn.Parameter(dense.bias.detach().clone())
+        return layer.train(dense.training)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device=None, dtype=None) -> CED:
+        src = _source_from_spec(spec, conv=True)
+        if src["source"] not in ("Conv1d", "Conv2d", "Conv3d"):
+            raise PlanError(f"CED replaces Conv1d/2d/3d layers, plan says source={src['source']!r}")
+        if len(src["kernel_size"]) != int(src["source"][4]):
+            raise PlanError(f"kernel_size {src['kernel_size']} does not match {src['source']}")
+        return cls(src, require_positive_int(spec, "rank"), device=device, dtype=dtype)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "method": self.method, **self.source, "rank": self.rank}
+
+    @classmethod
+    def params_and_flops(cls, spec: dict[str, Any]) -> tuple[int, int]:
+        r, m = spec["rank"], spec["out_features"]
+        n = spec["in_features"] * math.prod(spec["kernel_size"])
+        return r * (m + n) + (m if spec["bias"] else 0), 2 * r * (m + n)
+
+    @classmethod
+    def describe(cls, spec: dict[str, Any]) -> str:
+        return f"rank {spec['rank']}"
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")

@@ -1,0 +1,56 @@
+"""Registries that tie method names to their configs, converters and layer classes.
+
+Each method package registers itself on import (``hf_sparse/__init__.py`` imports them all), so the
+core (``inject.py``, ``quantizer.py``, ``summary.py``) never names a method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .config import SparsityConfig
+    from .layers import SparseLayer
+
+#: method name -> config class (``"greenformer"`` -> ``GreenformerConfig``)
+CONFIG_CLASSES: dict[str, type[SparsityConfig]] = {}
+#: method name -> converter ``(name, module, config) -> SparseLayer | None`` (None: skipped)
+CONVERTERS: dict[str, Callable[[str, nn.Module, SparsityConfig], SparseLayer | None]] = {}
+#: method name -> ``(module, config) -> bool``: can this method convert this module at all
+ELIGIBILITY: dict[str, Callable[[nn.Module, SparsityConfig], bool]] = {}
+#: layer class name as written in a plan -> class
+LAYER_CLASSES: dict[str, type[SparseLayer]] = {}
+
+
+def register_config(method: str):
+    """Class decorator: register a ``SparsityConfig`` subclass under ``method``."""
+
+    def wrap(cls):
+        if method in CONFIG_CLASSES and CONFIG_CLASSES[method] is not cls:
+            raise ValueError(f"sparsity method {method!r} is already registered by {CONFIG_CLASSES[method]}")
+        cls.method = method
+        CONFIG_CLASSES[method] = cls
+        return cls
+
+    return wrap
+
+
+def register_converter(method: str, is_eligible: Callable[[nn.Module, SparsityConfig], bool]):
+    """Function decorator: register the function that converts one module for ``method``, and the
+    predicate telling which modules it can convert."""
+
+    def wrap(fn):
+        CONVERTERS[method] = fn
+        ELIGIBILITY[method] = is_eligible
+        return fn
+
+    return wrap
+
+
+def register_layer(cls):
+    """Class decorator: make a ``SparseLayer`` rebuildable from the ``class`` field of a plan entry."""
+    LAYER_CLASSES[cls.__name__] = cls
+    return cls

@@ -1,0 +1,1 @@
+"""Kernels of hf-sparse, installed as ``hf_sparse.kernels`` (never as a top-level ``kernels`` module)."""
