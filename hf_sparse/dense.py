@@ -78,7 +78,8 @@ def dense_params(desc: dict[str, Any]) -> int:
     """Parameter count of the dense layer described by ``desc`` (weight + bias)."""
     kernel = math.prod(desc.get("kernel_size", [1]))
     groups = desc.get("groups", 1)
-    return desc["out_features"] * (desc["in_features"] // groups) * kernel + (desc["out_features"] if desc["bias"] else 0)
+    bias = desc["out_features"] if desc["bias"] else 0
+    return desc["out_features"] * (desc["in_features"] // groups) * kernel + bias
 
 
 def dense_flops(desc: dict[str, Any]) -> int:

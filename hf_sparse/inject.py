@@ -8,7 +8,6 @@ exactly as it was.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from typing import Any
@@ -93,7 +92,8 @@ def select_targets(model: nn.Module, config: SparsityConfig) -> list[str]:
             if not hits:
                 others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
                           if n and pattern_matches(pattern, n)]
-                why = f"it matches only {_format_names(others)}, which {config.method} cannot convert; " if others else ""
+                why = (f"it matches only {_format_names(others)}, which {config.method} cannot convert; "
+                       if others else "")
                 raise ValueError(
                     f"target_modules entry {pattern!r} matches no eligible module of {type(model).__name__}: {why}"
                     f"eligible modules are: {_format_names([n for n in eligible if n not in heads]) or 'none'}")
@@ -260,7 +260,3 @@ def densify(model: nn.Module) -> nn.Module:
 
 def sparse_layers(model: nn.Module) -> dict[str, SparseLayer]:
     return {name: m for name, m in model.named_modules() if isinstance(m, SparseLayer)}
-
-
-def copy_config(config: SparsityConfig) -> SparsityConfig:
-    return copy.deepcopy(config)

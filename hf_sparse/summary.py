@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from .dense import dense_flops, dense_kind, describe_dense
 from .inject import build_layer, get_sparsity_config
 from .layers import SparseLayer
 from .registry import LAYER_CLASSES
@@ -118,3 +119,15 @@ def summary(model: nn.Module) -> SparsitySummary:
     config = get_sparsity_config(model)
     plan = config.plan if config is not None else {}
     return summary_from_plan(plan, count_parameters(model))
+
+
+def matmul_flops_per_token(model: nn.Module) -> int:
+    """FLOPs per token (2 per multiply-add) of every Linear / Conv1D / ConvNd / hf-sparse layer in ``model``:
+    the weight-matrix work, without attention scores, norms or activations."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, SparseLayer):
+            total += type(module).params_and_flops(module.to_spec())[1]
+        elif dense_kind(module) is not None:
+            total += dense_flops(describe_dense(module))
+    return total
