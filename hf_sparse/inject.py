@@ -120,10 +120,17 @@ def get_sparsity_config(model: nn.Module) -> SparsityConfig | None:
     return found if isinstance(found, SparsityConfig) else None
 
 
-def _merge(existing: SparsityConfig | None, new: SparsityConfig) -> SparsityConfig:
+def _merge(model: nn.Module, existing: SparsityConfig | None, new: SparsityConfig) -> SparsityConfig:
+    """``new`` added to the configs already recorded on ``model``. A recorded config whose plan does not
+    match the model's layers (a config object shared with another model, say) is stale and dropped."""
     if existing is None:
         return new
-    return ComposedSparsityConfig(existing.configs + new.configs)
+    layers = sparse_layers(model)
+    kept = [cfg for cfg in existing.configs if all(name in layers for name in cfg.plan)]
+    if len(kept) < len(existing.configs):
+        logger.warning("sparsify: dropping a recorded sparsity config whose plan names modules this model does "
+                       "not have converted (was the model config shared with another model?)")
+    return ComposedSparsityConfig(kept + new.configs) if kept else new
 
 
 def set_sparsity_config(model: nn.Module, config: SparsityConfig | None) -> None:
@@ -185,8 +192,9 @@ def sparsify(model: nn.Module, config: SparsityConfig | dict | list | str | os.P
     if not replacements:
         logger.warning("sparsify: no module of %s was converted (every target was skipped); the model is unchanged",
                        type(model).__name__)
+    merged = _merge(model, get_sparsity_config(model), config)  # before the swap: judges the old layers
     _swap(model, replacements)
-    set_sparsity_config(model, _merge(get_sparsity_config(model), config))
+    set_sparsity_config(model, merged)
     return model
 
 

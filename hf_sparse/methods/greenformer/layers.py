@@ -35,7 +35,7 @@ def _source_from_spec(spec: dict[str, Any], conv: bool) -> dict[str, Any]:
 class LED(SparseLayer):
     """``y = (x V^T) U^T + b``: a Linear (or GPT-2 ``Conv1D``) factorized at rank ``r``.
 
-    Shapes: ``weight_v (r, in)``, ``weight_u (out, r)``, ``bias (out,)``; input ``(*, in)`` -> ``(*, out)``.
+    Shapes: ``v_weight (r, in)``, ``u_weight (out, r)``, ``bias (out,)``; input ``(*, in)`` -> ``(*, out)``.
     Costs ``r (in + out)`` parameters and ``2 r (in + out)`` FLOPs per token instead of ``in * out`` / ``2 in out``.
     """
 
@@ -48,27 +48,27 @@ class LED(SparseLayer):
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.source = {"source": source, "in_features": in_features, "out_features": out_features, "bias": bias}
-        self.weight_v = nn.Parameter(torch.empty(rank, in_features, **factory))
-        self.weight_u = nn.Parameter(torch.empty(out_features, rank, **factory))
+        self.v_weight = nn.Parameter(torch.empty(rank, in_features, **factory))
+        self.u_weight = nn.Parameter(torch.empty(out_features, rank, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Init so the product ``U V`` has the variance of ``nn.Linear``'s default init (``1 / (3 in)``)."""
-        if self.weight_v.is_meta:
+        if self.v_weight.is_meta:
             return
         target_std = 1.0 / math.sqrt(3 * self.in_features)
-        nn.init.normal_(self.weight_v, std=1.0 / math.sqrt(self.in_features))
-        nn.init.normal_(self.weight_u, std=target_std * math.sqrt(self.in_features / self.rank))
+        nn.init.normal_(self.v_weight, std=1.0 / math.sqrt(self.in_features))
+        nn.init.normal_(self.u_weight, std=target_std * math.sqrt(self.in_features / self.rank))
         if self.bias is not None:
             bound = 1.0 / math.sqrt(self.in_features)
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.weight_v), self.weight_u, self.bias)
+        return F.linear(F.linear(x, self.v_weight), self.u_weight, self.bias)
 
     def dense_weight(self) -> torch.Tensor:
-        return self.weight_u @ self.weight_v
+        return self.u_weight @ self.v_weight
 
     @classmethod
     @torch.no_grad()
@@ -78,8 +78,8 @@ class LED(SparseLayer):
         ref = dense.weight
         layer = cls(desc["in_features"], desc["out_features"], u.shape[1], desc["bias"], desc["source"],
                     device="meta", dtype=ref.dtype)
-        layer.weight_u = nn.Parameter(u.to(device=ref.device, dtype=ref.dtype).contiguous())
-        layer.weight_v = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).contiguous())
+        layer.u_weight = nn.Parameter(u.to(device=ref.device, dtype=ref.dtype).contiguous())
+        layer.v_weight = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).contiguous())
         if desc["bias"]:
             layer.bias = nn.Parameter(dense.bias.detach().clone())
         return layer.train(dense.training)
@@ -117,7 +117,7 @@ class CED(SparseLayer):
     """A ConvNd factorized at rank ``r``: a conv with ``r`` filters (original kernel, stride, padding,
     dilation) followed by a 1x1 conv to ``out`` channels.
 
-    Shapes: ``weight_v (r, in, *kernel)``, ``weight_u (out, r, 1, ...)``, ``bias (out,)``; input
+    Shapes: ``v_weight (r, in, *kernel)``, ``u_weight (out, r, 1, ...)``, ``bias (out,)``; input
     ``(N, in, *spatial)`` -> ``(N, out, *spatial_out)``. Only ``groups == 1`` convs are factorized.
     """
 
@@ -139,18 +139,18 @@ class CED(SparseLayer):
         self.padding_mode = source["padding_mode"]
         if self.padding_mode != "zeros" and isinstance(self.padding, str):
             raise ValueError("CED supports string padding only with padding_mode='zeros'")
-        self.weight_v = nn.Parameter(torch.empty(rank, self.in_channels, *self.kernel_size, **factory))
-        self.weight_u = nn.Parameter(torch.empty(self.out_channels, rank, *([1] * self.dim), **factory))
+        self.v_weight = nn.Parameter(torch.empty(rank, self.in_channels, *self.kernel_size, **factory))
+        self.u_weight = nn.Parameter(torch.empty(self.out_channels, rank, *([1] * self.dim), **factory))
         self.bias = nn.Parameter(torch.empty(self.out_channels, **factory)) if source["bias"] else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Init so the product has the variance of ``nn.ConvNd``'s default init (``1 / (3 fan_in)``)."""
-        if self.weight_v.is_meta:
+        if self.v_weight.is_meta:
             return
         fan_in = self.in_channels * math.prod(self.kernel_size)
-        nn.init.normal_(self.weight_v, std=1.0 / math.sqrt(fan_in))
-        nn.init.normal_(self.weight_u, std=math.sqrt(1.0 / (3 * self.rank)))
+        nn.init.normal_(self.v_weight, std=1.0 / math.sqrt(fan_in))
+        nn.init.normal_(self.u_weight, std=math.sqrt(1.0 / (3 * self.rank)))
         if self.bias is not None:
             bound = 1.0 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
@@ -160,13 +160,13 @@ class CED(SparseLayer):
         if self.padding_mode != "zeros":
             pad = [p for p in reversed(self.padding) for _ in range(2)]
             x = F.pad(x, pad, mode=self.padding_mode)
-            hidden = conv(x, self.weight_v, None, self.stride, 0, self.dilation)
+            hidden = conv(x, self.v_weight, None, self.stride, 0, self.dilation)
         else:
-            hidden = conv(x, self.weight_v, None, self.stride, self.padding, self.dilation)
-        return conv(hidden, self.weight_u, self.bias)
+            hidden = conv(x, self.v_weight, None, self.stride, self.padding, self.dilation)
+        return conv(hidden, self.u_weight, self.bias)
 
     def dense_weight(self) -> torch.Tensor:
-        return self.weight_u.reshape(self.out_channels, self.rank) @ self.weight_v.reshape(self.rank, -1)
+        return self.u_weight.reshape(self.out_channels, self.rank) @ self.v_weight.reshape(self.rank, -1)
 
     @classmethod
     @torch.no_grad()
@@ -176,8 +176,8 @@ class CED(SparseLayer):
         ref = dense.weight
         rank = u.shape[1]
         layer = cls(desc, rank, device="meta", dtype=ref.dtype)
-        layer.weight_u = nn.Parameter(u.to(device=ref.device, dtype=ref.dtype).reshape(layer.weight_u.shape).clone())
-        layer.weight_v = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).reshape(layer.weight_v.shape).clone())
+        layer.u_weight = nn.Parameter(u.to(device=ref.device, dtype=ref.dtype).reshape(layer.u_weight.shape).clone())
+        layer.v_weight = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).reshape(layer.v_weight.shape).clone())
         if desc["bias"]:
             layer.bias = nn.Parameter(dense.bias.detach().clone())
         return layer.train(dense.training)

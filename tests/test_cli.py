@@ -1,0 +1,55 @@
+"""hf-sparse command line: inspect, compress, demo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_sparse import GreenformerConfig, sparsify
+from hf_sparse.cli import main
+from hf_sparse.demo import format_stages, run_demo
+
+
+def test_inspect_table_and_json(gpt2, tmp_path, capsys):
+    sparsify(gpt2.build(), GreenformerConfig(rank=4)).save_pretrained(tmp_path)
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "transformer.h.0.attn.c_attn" in out and "whole model" in out
+    assert main(["inspect", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["rows"]) == 8 and data["totals"]["params_after"] < data["totals"]["params_before"]
+
+
+def test_inspect_dense_model_says_so(gpt2, tmp_path, capsys):
+    gpt2.build().save_pretrained(tmp_path)
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert "dense model" in capsys.readouterr().err
+
+
+def test_compress_local_model(gpt2, tmp_path, capsys):
+    gpt2.build().save_pretrained(tmp_path / "dense")
+    code = main(["compress", str(tmp_path / "dense"), "--config", '{"method": "greenformer", "rank": 4}',
+                 "--output", str(tmp_path / "out")])
+    assert code == 0
+    assert "quantization_config" in json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "rank 4" in capsys.readouterr().out
+
+
+def test_compress_bad_config_fails_before_writing(gpt2, tmp_path):
+    gpt2.build().save_pretrained(tmp_path / "dense")
+    with pytest.raises(ValueError, match="rank"):
+        main(["compress", str(tmp_path / "dense"), "--config", '{"method": "greenformer", "rank": 0}',
+              "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    stages = run_demo(tmp_path, pretrain_steps=30, finetune_steps=10)
+    names = [s.name for s in stages]
+    assert names[0] == "untrained" and "reloaded" in names[-1]
+    assert stages[1].perplexity < stages[0].perplexity  # dense training learned something
+    assert stages[2].params < stages[1].params and stages[2].flops_per_token < stages[1].flops_per_token
+    assert stages[-1].perplexity == stages[-2].perplexity  # reload is exact
+    assert "val perplexity" in format_stages(stages)
+    assert (tmp_path / "model" / "config.json").exists()
