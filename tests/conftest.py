@@ -51,7 +51,8 @@ class TinyModel:
     def inputs(self, batch: int = 2, seq: int = 12, seed: int = 1) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(seed)
         if self.name == "vit":
-            return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=gen), "labels": torch.tensor([0, 2])[:batch]}
+            pixels = torch.randn(batch, 3, 16, 16, generator=gen)
+            return {"pixel_values": pixels, "labels": torch.tensor([0, 2])[:batch]}
         ids = torch.randint(1, VOCAB, (batch, seq), generator=gen)
         if self.name == "bert":
             return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1])[:batch]}
