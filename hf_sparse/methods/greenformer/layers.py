@@ -31,15 +31,45 @@ def _source_from_spec(spec: dict[str, Any], conv: bool) -> dict[str, Any]:
     return {key: spec[key] for key in _SOURCE_KEYS + (_CONV_KEYS if conv else ())}
 
 
+class FactorizedLayer(SparseLayer):
+    """Shared parts of LED and CED: ``W ~ U V`` with ``U (out, r)`` and ``V (r, in * prod(kernel))``."""
+
+    method = "greenformer"
+    rank: int
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "method": self.method, **self.source, "rank": self.rank}
+
+    @classmethod
+    def params_and_flops(cls, spec: dict[str, Any]) -> tuple[int, int]:
+        r, m = spec["rank"], spec["out_features"]
+        n = spec["in_features"] * math.prod(spec.get("kernel_size", [1]))
+        return r * (m + n) + (m if spec["bias"] else 0), 2 * r * (m + n)
+
+    @classmethod
+    def describe(cls, spec: dict[str, Any]) -> str:
+        return f"rank {spec['rank']}"
+
+    @torch.no_grad()
+    def load_factors(self, dense: nn.Module, u: torch.Tensor, v: torch.Tensor) -> FactorizedLayer:
+        """Take ``u (out, r)``, ``v (r, in * prod(kernel))`` and ``dense``'s bias, device, dtype and mode."""
+        factory = {"device": dense.weight.device, "dtype": dense.weight.dtype}
+        # contiguous copies: the layout a reload produces, so reloaded outputs are bit-identical
+        dense_layout = torch.contiguous_format
+        self.u_weight = nn.Parameter(u.to(**factory).reshape(self.u_weight.shape).clone(memory_format=dense_layout))
+        self.v_weight = nn.Parameter(v.to(**factory).reshape(self.v_weight.shape).clone(memory_format=dense_layout))
+        if dense.bias is not None:
+            self.bias = nn.Parameter(dense.bias.detach().clone())
+        return self.train(dense.training)
+
+
 @register_layer
-class LED(SparseLayer):
+class LED(FactorizedLayer):
     """``y = (x V^T) U^T + b``: a Linear (or GPT-2 ``Conv1D``) factorized at rank ``r``.
 
     Shapes: ``v_weight (r, in)``, ``u_weight (out, r)``, ``bias (out,)``; input ``(*, in)`` -> ``(*, out)``.
     Costs ``r (in + out)`` parameters and ``2 r (in + out)`` FLOPs per token instead of ``in * out`` / ``2 in out``.
     """
-
-    method = "greenformer"
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  source: str = "Linear", device: torch.device | str | None = None,
@@ -71,18 +101,12 @@ class LED(SparseLayer):
         return self.u_weight @ self.v_weight
 
     @classmethod
-    @torch.no_grad()
     def from_factors(cls, dense: nn.Module, u: torch.Tensor, v: torch.Tensor) -> LED:
         """LED replacing ``dense`` (Linear / Conv1D) with ``W ~ u (out, r) @ v (r, in)``; bias copied."""
         desc = describe_dense(dense)
-        ref = dense.weight
         layer = cls(desc["in_features"], desc["out_features"], u.shape[1], desc["bias"], desc["source"],
-                    device="meta", dtype=ref.dtype)
-        layer.u_weight = nn.Parameter(u.to(device=ref.device, dtype=ref.dtype).contiguous())
-        layer.v_weight = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).contiguous())
-        if desc["bias"]:
-            layer.bias = nn.Parameter(dense.bias.detach().clone())
-        return layer.train(dense.training)
+                    device="meta", dtype=dense.weight.dtype)
+        return layer.load_factors(dense, u, v)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device=None, dtype=None) -> LED:
@@ -91,18 +115,6 @@ class LED(SparseLayer):
             raise PlanError(f"LED replaces Linear or Conv1D layers, plan says source={src['source']!r}")
         return cls(src["in_features"], src["out_features"], require_positive_int(spec, "rank"), src["bias"],
                    src["source"], device=device, dtype=dtype)
-
-    def to_spec(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, "method": self.method, **self.source, "rank": self.rank}
-
-    @classmethod
-    def params_and_flops(cls, spec: dict[str, Any]) -> tuple[int, int]:
-        r, m, n = spec["rank"], spec["out_features"], spec["in_features"]
-        return r * (m + n) + (m if spec["bias"] else 0), 2 * r * (m + n)
-
-    @classmethod
-    def describe(cls, spec: dict[str, Any]) -> str:
-        return f"rank {spec['rank']}"
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
@@ -113,15 +125,13 @@ _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 @register_layer
-class CED(SparseLayer):
+class CED(FactorizedLayer):
     """A ConvNd factorized at rank ``r``: a conv with ``r`` filters (original kernel, stride, padding,
     dilation) followed by a 1x1 conv to ``out`` channels.
 
     Shapes: ``v_weight (r, in, *kernel)``, ``u_weight (out, r, 1, ...)``, ``bias (out,)``; input
     ``(N, in, *spatial)`` -> ``(N, out, *spatial_out)``. Only ``groups == 1`` convs are factorized.
     """
-
-    method = "greenformer"
 
     def __init__(self, source: dict[str, Any], rank: int, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
@@ -169,18 +179,10 @@ class CED(SparseLayer):
         return self.u_weight.reshape(self.out_channels, self.rank) @ self.v_weight.reshape(self.rank, -1)
 
     @classmethod
-    @torch.no_grad()
     def from_factors(cls, dense: nn.Module, u: torch.Tensor, v: torch.Tensor) -> CED:
         """CED replacing ``dense`` (ConvNd) with ``W ~ u (out, r) @ v (r, in * prod(kernel))``; bias copied."""
-        desc = describe_dense(dense)
-        ref = dense.weight
-        rank = u.shape[1]
-        layer = cls(desc, rank, device="meta", dtype=ref.dtype)
-        layer.u_weight = nn.Parameter(u.to(device=ref.device, dtype=ref.dtype).reshape(layer.u_weight.shape).clone())
-        layer.v_weight = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).reshape(layer.v_weight.shape).clone())
-        if desc["bias"]:
-            layer.bias = nn.Parameter(dense.bias.detach().clone())
-        return layer.train(dense.training)
+        layer = cls(describe_dense(dense), u.shape[1], device="meta", dtype=dense.weight.dtype)
+        return layer.load_factors(dense, u, v)
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device=None, dtype=None) -> CED:
@@ -190,19 +192,6 @@ class CED(SparseLayer):
         if len(src["kernel_size"]) != int(src["source"][4]):
             raise PlanError(f"kernel_size {src['kernel_size']} does not match {src['source']}")
         return cls(src, require_positive_int(spec, "rank"), device=device, dtype=dtype)
-
-    def to_spec(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, "method": self.method, **self.source, "rank": self.rank}
-
-    @classmethod
-    def params_and_flops(cls, spec: dict[str, Any]) -> tuple[int, int]:
-        r, m = spec["rank"], spec["out_features"]
-        n = spec["in_features"] * math.prod(spec["kernel_size"])
-        return r * (m + n) + (m if spec["bias"] else 0), 2 * r * (m + n)
-
-    @classmethod
-    def describe(cls, spec: dict[str, Any]) -> str:
-        return f"rank {spec['rank']}"
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}, "
