@@ -113,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     import hf_sparse  # noqa: F401  (registers the quantizer before any model is loaded)
 
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError) as err:  # user errors: a message, no traceback
+        print(f"hf-sparse {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

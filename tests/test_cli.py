@@ -36,12 +36,25 @@ def test_compress_local_model(gpt2, tmp_path, capsys):
     assert "rank 4" in capsys.readouterr().out
 
 
-def test_compress_bad_config_fails_before_writing(gpt2, tmp_path):
+def test_compress_bad_config_fails_before_writing(gpt2, tmp_path, capsys):
     gpt2.build().save_pretrained(tmp_path / "dense")
-    with pytest.raises(ValueError, match="rank"):
-        main(["compress", str(tmp_path / "dense"), "--config", '{"method": "greenformer", "rank": 0}',
-              "--output", str(tmp_path / "out")])
+    code = main(["compress", str(tmp_path / "dense"), "--config", '{"method": "greenformer", "rank": 0}',
+                 "--output", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "rank must be" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_inspect_missing_directory_is_a_clean_error(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compress"])
+    assert info.value.code == 2
 
 
 def test_demo_runs_end_to_end(tmp_path):
