@@ -165,6 +165,11 @@ class SparsityConfig(QuantizationConfigMixin):
         with open(json_file_path, "w", encoding="utf-8") as fh:
             fh.write(self.to_json_string())
 
+    @property
+    def needs_calibration(self) -> bool:
+        """True when ``sparsify`` needs ``calibration_data`` for this config."""
+        return False
+
     # -- plan ---------------------------------------------------------------------------------------
     @property
     def configs(self) -> list[SparsityConfig]:
@@ -244,6 +249,10 @@ class ComposedSparsityConfig(SparsityConfig):
     def plan(self, value: dict[str, dict[str, Any]]) -> None:
         if value:
             raise ValueError("a composed config's plan lives in its method configs; set theirs")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(cfg.needs_calibration for cfg in self._configs)
 
     def without_plan(self) -> ComposedSparsityConfig:
         return ComposedSparsityConfig([c.without_plan() for c in self._configs], self.format_version)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
+from .calibration import prepare_batches
 from .config import ComposedSparsityConfig, SparsityConfig, as_sparsity_config, pattern_matches
 from .dense import dense_kind
 from .layers import PlanError, SparseLayer
@@ -155,12 +157,18 @@ def _swap(model: nn.Module, replacements: dict[str, nn.Module]) -> None:
         model.set_submodule(name, module)
 
 
-def sparsify(model: nn.Module, config: SparsityConfig | dict | list | str | os.PathLike) -> nn.Module:
+def sparsify(model: nn.Module, config: SparsityConfig | dict | list | str | os.PathLike,
+             calibration_data: Iterable[Any] | None = None, tokenizer: Any = None,
+             max_length: int = 512) -> nn.Module:
     """Compress ``model`` in place with ``config`` (one method config, a list of them, a dict or JSON) and
     return it. The config recorded on the model (``get_sparsity_config(model)``) carries the ``plan``.
 
+    ``calibration_data`` (needed by data-aware configs such as ``GreenformerConfig(solver="svd-llm")``): an
+    iterable of model-input dicts, or a list of strings together with ``tokenizer`` (truncated to
+    ``max_length`` tokens). It is only read, never stored.
+
     Raises before modifying anything: ``ValueError`` for targets that match nothing, overlapping targets of
-    several methods, or modules already converted; any error while converting leaves the model as it was.
+    several methods, or missing calibration data; any error while converting leaves the model as it was.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"sparsify expects a torch.nn.Module, got {type(model).__name__}")
@@ -179,16 +187,15 @@ def sparsify(model: nn.Module, config: SparsityConfig | dict | list | str | os.P
                                  "give each method disjoint target_modules")
             targets[name] = cfg.method
         per_config.append((cfg, names))
+    batches = prepare_batches(calibration_data, tokenizer, max_length) if config.needs_calibration else None
 
-    modules = dict(model.named_modules())
     replacements: dict[str, SparseLayer] = {}
     for cfg, names in per_config:
-        convert = CONVERTERS[cfg.method]
-        for name in names:
-            layer = convert(name, modules[name], cfg)
-            if layer is not None:
-                replacements[name] = layer
-                cfg.plan[name] = layer.to_spec()
+        built = CONVERTERS[cfg.method](model, names, cfg, batches if cfg.needs_calibration else None)
+        for name in names:  # model order
+            if name in built:
+                replacements[name] = built[name]
+                cfg.plan[name] = built[name].to_spec()
     if not replacements:
         logger.warning("sparsify: no module of %s was converted (every target was skipped); the model is unchanged",
                        type(model).__name__)

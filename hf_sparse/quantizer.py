@@ -41,6 +41,14 @@ class SparseHfQuantizer(HfQuantizer):
             # model): convert afresh from the settings.
             self.quantization_config = quantization_config.without_plan()
 
+    def validate_environment(self, *args: Any, **kwargs: Any) -> None:
+        """Refuse, before any weight is loaded, a config that needs calibration data it cannot get here."""
+        if not self.pre_quantized and self.quantization_config.needs_calibration:
+            raise ValueError(
+                "this sparsity config needs calibration data (a data-aware solver or allocation='sensitivity'), "
+                "which from_pretrained cannot pass: load the dense model, then call "
+                "hf_sparse.sparsify(model, config, calibration_data=..., tokenizer=...)")
+
     def preprocess_model(self, model, dtype=None, **kwargs):  # noqa: D401 - transformers hook
         """Rebuild the planned modules (pre-compressed checkpoint); nothing to do for a dense one."""
         if self.pre_quantized:

@@ -17,8 +17,12 @@ if TYPE_CHECKING:
 
 #: method name -> config class (``"greenformer"`` -> ``GreenformerConfig``)
 CONFIG_CLASSES: dict[str, type[SparsityConfig]] = {}
-#: method name -> converter ``(name, module, config) -> SparseLayer | None`` (None: skipped)
-CONVERTERS: dict[str, Callable[[str, nn.Module, SparsityConfig], SparseLayer | None]] = {}
+#: method name -> converter ``(model, names, config, calibration_batches) -> {name: SparseLayer}``.
+#: It builds the new layers for the selected modules (leaving out those that stay dense) without touching
+#: the model; ``inject.sparsify`` swaps them in. ``calibration_batches`` is None unless the config
+#: ``needs_calibration``.
+Converter = Callable[["nn.Module", list[str], "SparsityConfig", "list[dict] | None"], "dict[str, SparseLayer]"]
+CONVERTERS: dict[str, Converter] = {}
 #: method name -> ``(module, config) -> bool``: can this method convert this module at all
 ELIGIBILITY: dict[str, Callable[[nn.Module, SparsityConfig], bool]] = {}
 #: layer class name as written in a plan -> class
@@ -39,7 +43,7 @@ def register_config(method: str):
 
 
 def register_converter(method: str, is_eligible: Callable[[nn.Module, SparsityConfig], bool]):
-    """Function decorator: register the function that converts one module for ``method``, and the
+    """Function decorator: register the converter of ``method`` (see :data:`CONVERTERS`), and the
     predicate telling which modules it can convert."""
 
     def wrap(fn):

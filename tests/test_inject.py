@@ -20,7 +20,6 @@ from hf_sparse import (
     sparsify,
 )
 from hf_sparse.inject import head_module_names, select_targets
-from hf_sparse.registry import CONVERTERS
 
 
 def _state(model):
@@ -73,18 +72,19 @@ def test_failure_part_way_leaves_model_untouched(gpt2, monkeypatch):
     model = gpt2.build()
     before = _state(model)
     modules_before = {n: type(m) for n, m in model.named_modules()}
-    real = CONVERTERS["greenformer"]
+    real = LED.from_factors.__func__
     calls = {"n": 0}
 
-    def flaky(name, module, config):
+    def flaky(cls, dense, u, v):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("solver blew up")
-        return real(name, module, config)
+        return real(cls, dense, u, v)
 
-    monkeypatch.setitem(CONVERTERS, "greenformer", flaky)
+    monkeypatch.setattr(LED, "from_factors", classmethod(flaky))
     with pytest.raises(RuntimeError, match="solver blew up"):
         sparsify(model, GreenformerConfig(rank=0.5))
+    assert calls["n"] == 3
     assert {n: type(m) for n, m in model.named_modules()} == modules_before
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert get_sparsity_config(model) is None

@@ -6,11 +6,13 @@ the seed. They return ``(U, V)`` in that compute dtype; callers cast to the laye
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 _EPS = 1e-12
+logger = logging.getLogger("hf_sparse")
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -113,3 +115,94 @@ def factorize(weight: torch.Tensor, rank: int, solver: str = "svd", num_iter: in
         std = weight.detach().float().std().item() if weight.numel() > 1 else 0.02
         return random_factors(tuple(weight.shape), rank, std, weight.device, _compute_dtype(weight), seed)
     raise ValueError(f"solver must be one of ['random', 'svd', 'snmf'], got {solver!r}")
+
+
+# --------------------------------------------------------------------------------------------- data-aware SVD
+class Decomposition:
+    """``W T = U diag(s) Vh`` for a right transform ``T`` (identity, a diagonal scale, or a whitening
+    Cholesky factor). ``factors(r)`` truncates at rank ``r`` and folds ``T^-1`` back into ``V``, so one SVD
+    serves every candidate rank.
+
+    Shapes: ``u (m, k)``, ``s (k,)``, ``vh (k, n)``; ``scale (n,)`` for a diagonal ``T``; ``chol (n, n)`` lower
+    triangular for a whitening ``T``.
+    """
+
+    def __init__(self, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, scale: torch.Tensor | None = None,
+                 chol: torch.Tensor | None = None) -> None:
+        self.u, self.s, self.vh, self.scale, self.chol = u, s, vh, scale, chol
+
+    @property
+    def max_rank(self) -> int:
+        return self.s.numel()
+
+    def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``U (m, r) = U_r sqrt(S_r)``, ``V (r, n) = sqrt(S_r) Vh_r T^-1``."""
+        root = self.s[:rank].sqrt()
+        u = self.u[:, :rank] * root
+        v = root[:, None] * self.vh[:rank]
+        if self.scale is not None:
+            v = v / self.scale
+        if self.chol is not None:
+            v = torch.linalg.solve_triangular(self.chol, v, upper=False, left=False)
+        return u, v
+
+    def dropped_energy(self, rank: int) -> torch.Tensor:
+        """``sum of s[rank:]^2``: the squared truncation error in the transformed space."""
+        return self.s[rank:].square().sum()
+
+
+def _svd(matrix: torch.Tensor, scale: torch.Tensor | None = None, chol: torch.Tensor | None = None) -> Decomposition:
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return Decomposition(u, s, vh, scale=scale, chol=chol)
+
+
+def plain_decomposition(weight: torch.Tensor) -> Decomposition:
+    """Plain truncated SVD of ``W`` (float64)."""
+    return _svd(weight.detach().to(torch.float64))
+
+
+def cholesky_with_jitter(gram: torch.Tensor, name: str = "layer", max_tries: int = 12) -> torch.Tensor:
+    """Lower Cholesky factor of ``gram`` (float64); adds ``jitter * mean(diag) * I``, escalating from 1e-10 by 10x,
+    when ``gram`` is not positive definite (logged)."""
+    factor, info = torch.linalg.cholesky_ex(gram)
+    if int(info) == 0:
+        return factor
+    scale = gram.diagonal().mean().clamp_min(1e-30)
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    jitter = 1e-10
+    for _ in range(max_tries):
+        factor, info = torch.linalg.cholesky_ex(gram + jitter * scale * eye)
+        if int(info) == 0:
+            logger.warning("svd-llm: X^T X of %s is not positive definite; added jitter %.0e * mean(diag)",
+                           name, jitter)
+            return factor
+        jitter *= 10
+    raise ValueError(f"svd-llm: X^T X of {name} stays singular even with jitter {jitter / 10:.0e} * mean(diag); "
+                     "check the calibration data (all-zero inputs?)")
+
+
+def whitened_decomposition(weight: torch.Tensor, xtx: torch.Tensor, name: str = "layer") -> Decomposition:
+    """SVD-LLM: ``X^T X = S S^T`` (Cholesky), SVD of ``W S``. Truncating at rank ``r`` then gives a layer-output
+    error ``||X (W - W_r)^T||_F^2`` equal to the dropped squared singular values of ``W S``."""
+    chol = cholesky_with_jitter(xtx.to(torch.float64), name)
+    w = weight.detach().to(torch.float64)
+    return _svd(w @ chol, chol=chol)
+
+
+def scaled_decomposition(weight: torch.Tensor, scale: torch.Tensor, floor: float = 1e-6) -> Decomposition:
+    """SVD of ``W diag(scale)`` (input channels scaled), unscaled in ``factors``. Scales below
+    ``floor * max(scale)`` are raised to it so dead channels do not blow up ``1 / scale``."""
+    scale = scale.to(torch.float64)
+    scale = scale.clamp_min(floor * scale.max().clamp_min(1e-30))
+    w = weight.detach().to(torch.float64)
+    return _svd(w * scale, scale=scale)
+
+
+def asvd_decomposition(weight: torch.Tensor, abs_mean: torch.Tensor, alpha: float = 0.5) -> Decomposition:
+    """ASVD: scale input channel ``j`` by ``mean|x_j|^alpha`` before the SVD."""
+    return scaled_decomposition(weight, abs_mean.to(torch.float64).pow(alpha))
+
+
+def fisher_decomposition(weight: torch.Tensor, fisher: torch.Tensor) -> Decomposition:
+    """FWSVD: scale input channel ``j`` by ``sqrt(sum_i F_ij)``, the Fisher information of its weights."""
+    return scaled_decomposition(weight, fisher.to(torch.float64).sum(0).sqrt())
