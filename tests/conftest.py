@@ -98,3 +98,12 @@ def gpt2() -> TinyModel:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def llama_calibration():
+    """(build, batches): a tiny LLaMA factory and six calibration batches of random tokens."""
+    spec = TINY_MODELS["llama"]
+    gen = torch.Generator().manual_seed(123)
+    batches = [{"input_ids": torch.randint(1, VOCAB, (4, 16), generator=gen)} for _ in range(6)]
+    return spec.build, batches
