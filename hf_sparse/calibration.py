@@ -147,7 +147,8 @@ def _collect_group(model: nn.Module, modules: dict[str, nn.Module], batches: lis
                 p.grad = None
             for module in modules.values():
                 module.weight.requires_grad_(True)
-        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        # disable=None: a bar on a terminal, silent in logs and CI
+        for batch in tqdm(batches, desc=desc, disable=None if progress else True, leave=False):
             batch = _to_device(with_labels(model, batch) if fisher else batch, device)
             if not fisher:
                 with torch.no_grad():

@@ -29,3 +29,22 @@ def perplexity_of_blocks(model: nn.Module, blocks: torch.Tensor, batch_size: int
         count += tokens
     model.train(was_training)
     return math.exp(total / count)
+
+
+def perplexity(model: nn.Module, tokenizer, texts: list[str] | str, block_size: int = 512,
+               batch_size: int = 8) -> float:
+    """Perplexity of a causal LM over ``texts``: joined with the tokenizer's EOS (or a newline), tokenized,
+    cut into ``block_size`` blocks (capped at the model's maximum positions; a shorter text is one block)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts:
+        raise ValueError("perplexity needs at least one text")
+    separator = tokenizer.eos_token or "\n"
+    ids = tokenizer(separator.join(texts), return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    if ids.numel() < 2:
+        raise ValueError("the texts tokenize to fewer than 2 tokens; nothing to predict")
+    config = getattr(model, "config", None)
+    max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    size = min(block_size, ids.numel(), max_positions or block_size)
+    usable = ids.numel() // size * size
+    return perplexity_of_blocks(model, ids[:usable].reshape(-1, size), batch_size)

@@ -13,6 +13,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForImageClassification,
@@ -22,6 +23,7 @@ from transformers import (  # noqa: E402
     GPT2Config,
     LlamaConfig,
     OPTConfig,
+    PreTrainedTokenizerFast,  # noqa: E402
     T5Config,
     ViTConfig,
 )
@@ -107,3 +109,16 @@ def llama_calibration():
     gen = torch.Generator().manual_seed(123)
     batches = [{"input_ids": torch.randint(1, VOCAB, (4, 16), generator=gen)} for _ in range(6)]
     return spec.build, batches
+
+
+def word_tokenizer(vocab_size: int = VOCAB) -> PreTrainedTokenizerFast:
+    """An offline word-level tokenizer over the words ``w2 .. w{vocab_size - 1}`` (0 = pad, 1 = unk)."""
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": i for i in range(2, vocab_size)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
+
+
+def word_texts(lines: int, words: int = 12, seed: int = 0) -> list[str]:
+    gen = torch.Generator().manual_seed(seed)
+    return [" ".join(f"w{int(i)}" for i in torch.randint(2, VOCAB, (words,), generator=gen)) for _ in range(lines)]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
-from transformers import PreTrainedTokenizerFast
 
 from hf_sparse.calibration import calibration_loss, collect_stats, prepare_batches, with_labels
+
+from .conftest import word_tokenizer
 
 
 class TwoLayer(nn.Module):
@@ -19,13 +19,6 @@ class TwoLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(torch.relu(self.fc(x)))
-
-
-def word_tokenizer(vocab_size: int = 64) -> PreTrainedTokenizerFast:
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{f"w{i}": i for i in range(2, vocab_size)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
 
 
 def test_stats_are_exact_running_sums():

@@ -10,6 +10,8 @@ from hf_sparse import GreenformerConfig, sparsify
 from hf_sparse.cli import main
 from hf_sparse.demo import format_stages, run_demo
 
+from .conftest import word_texts, word_tokenizer
+
 
 def test_inspect_table_and_json(gpt2, tmp_path, capsys):
     sparsify(gpt2.build(), GreenformerConfig(rank=4)).save_pretrained(tmp_path)
@@ -66,3 +68,44 @@ def test_demo_runs_end_to_end(tmp_path):
     assert stages[-1].perplexity == stages[-2].perplexity  # reload is exact
     assert "val perplexity" in format_stages(stages)
     assert (tmp_path / "model" / "config.json").exists()
+
+
+@pytest.fixture
+def model_with_texts(gpt2, tmp_path):
+    model_dir = tmp_path / "dense"
+    gpt2.build().save_pretrained(model_dir)
+    word_tokenizer().save_pretrained(model_dir)
+    (tmp_path / "calib.txt").write_text("\n".join(word_texts(16, seed=1)))
+    (tmp_path / "eval.txt").write_text("\n".join(word_texts(8, seed=2)))
+    return model_dir, tmp_path / "calib.txt", tmp_path / "eval.txt"
+
+
+def test_compress_sweep_solvers_and_budgets(model_with_texts, tmp_path, capsys):
+    model_dir, calib, held_out = model_with_texts
+    code = main(["compress", str(model_dir), "--config", '{"method": "greenformer"}', "--output", str(tmp_path / "s"),
+                 "--calibration", str(calib), "--eval-text", str(held_out), "--max-length", "32",
+                 "--sweep-solvers", "svd,svd-llm", "--sweep-ratios", "0.3,0.6"])
+    assert code == 0
+    rows = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert [(r["solver"], r["param_ratio"]) for r in rows] == [
+        ("dense", 1.0), ("svd", 0.3), ("svd", 0.6), ("svd-llm", 0.3), ("svd-llm", 0.6)]
+    assert rows[1]["params"] < rows[2]["params"] < rows[0]["params"]
+    assert all(r["perplexity"] > 1 for r in rows)
+    assert "| svd-llm | 0.3 |" in capsys.readouterr().out
+
+
+def test_compress_data_aware_saves_model_and_tokenizer(model_with_texts, tmp_path):
+    model_dir, calib, held_out = model_with_texts
+    config = '{"method": "greenformer", "solver": "svd-llm", "param_ratio": 0.5, "allocation": "stable_rank"}'
+    assert main(["compress", str(model_dir), "--config", config, "--output", str(tmp_path / "c"),
+                 "--calibration", str(calib), "--eval-text", str(held_out)]) == 0
+    saved = json.loads((tmp_path / "c" / "config.json").read_text())["quantization_config"]
+    assert saved["allocation_report"]["allocation"] == "stable_rank"
+    assert (tmp_path / "c" / "tokenizer.json").exists()
+
+
+def test_compress_data_aware_without_calibration_is_a_clean_error(model_with_texts, tmp_path, capsys):
+    model_dir, _, _ = model_with_texts
+    assert main(["compress", str(model_dir), "--config", '{"method": "greenformer", "solver": "asvd"}',
+                 "--output", str(tmp_path / "x")]) == 2
+    assert "--calibration" in capsys.readouterr().err

@@ -128,9 +128,16 @@ def allocate_sensitivity(shapes: Sequence[Shape], losses: Sequence[dict[int | No
     budget = param_ratio * sum(m * n for m, n in shapes)
     curves = []
     for shape, table in zip(shapes, losses, strict=True):
-        points = {cost(shape, r): (r, max(loss, 0.0)) for r, loss in table.items()}
-        points.setdefault(shape[0] * shape[1], (None, 0.0))
-        curves.append(sorted(points.items()))
+        points = {cost(shape, r): (r, loss) for r, loss in table.items()}
+        points[shape[0] * shape[1]] = (None, 0.0)
+        curve = sorted(points.items())
+        # Measured increases are noisy: make them non-increasing in the parameter count (a smaller layer is
+        # never predicted to be better) and nonnegative.
+        floor = 0.0
+        for k in range(len(curve) - 1, -1, -1):
+            floor = max(floor, curve[k][1][1])
+            curve[k] = (curve[k][0], (curve[k][1][0], floor))
+        curves.append(curve)
 
     def choose(lam: float) -> Ranks:
         return [min(curve, key=lambda item: item[1][1] + lam * item[0])[1][0] for curve in curves]
@@ -150,12 +157,15 @@ def allocate_sensitivity(shapes: Sequence[Shape], losses: Sequence[dict[int | No
     ranks = choose(high)
 
     def interpolated_loss(i: int, rank: int) -> float:
+        """Piecewise-linear in the parameter count; below the smallest candidate the first segment's slope
+        is extended, so shrinking past what was measured is never predicted to be free."""
         curve = curves[i]
         c = cost(shapes[i], rank)
-        for (c0, (_, l0)), (c1, (_, l1)) in zip(curve, curve[1:], strict=False):
-            if c0 <= c <= c1:
+        segments = list(zip(curve, curve[1:], strict=False)) or [(curve[0], curve[0])]
+        for (c0, (_, l0)), (c1, (_, l1)) in segments:
+            if c <= c1:
                 return l0 + (l1 - l0) * (c - c0) / max(c1 - c0, 1)
-        return curve[0][1][1] if c < curve[0][0] else 0.0
+        return 0.0
 
     def marginal(i: int, rank: int) -> float:
         """Loss increase per parameter saved by removing one rank from layer ``i``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -96,7 +97,7 @@ def sensitivity_table(model: nn.Module, names: list[str], decomps: dict[str, Dec
     """Calibration-loss increase with only layer ``i`` factorized, per candidate rank (fraction of r_max)."""
     base = calibration_loss(model, batches)
     tables = []
-    for name in tqdm(names, desc="sensitivity", leave=False):
+    for name in tqdm(names, desc="sensitivity", disable=None, leave=False):
         original = model.get_submodule(name)
         shape = tuple(weight_matrix(original).shape)
         table: dict[int | None, float] = {None: 0.0}
@@ -120,7 +121,9 @@ def allocate(model: nn.Module, names: list[str], config: GreenformerConfig, deco
     if config.allocation == "uniform":
         ranks = allocate_uniform(shapes, config.param_ratio)
     elif config.allocation == "stable_rank":
-        sranks = [stable_rank(decomps[n].s) if decomps else stable_rank(_svdvals(model, n)) for n in names]
+        # the weights' own stable rank: a whitened / scaled matrix is dominated by a few high-energy input
+        # directions and would starve layers of rank
+        sranks = [stable_rank(_svdvals(model, n)) for n in names]
         ranks = allocate_stable_rank(shapes, sranks, config.param_ratio)
     else:
         ranks = allocate_sensitivity(shapes, sensitivity_table(model, names, decomps, config, batches),
@@ -133,9 +136,7 @@ def allocate(model: nn.Module, names: list[str], config: GreenformerConfig, deco
     return dict(zip(names, ranks, strict=True))
 
 
-def _svdvals(model: nn.Module, name: str):
-    import torch
-
+def _svdvals(model: nn.Module, name: str) -> torch.Tensor:
     return torch.linalg.svdvals(weight_matrix(model.get_submodule(name)).detach().double())
 
 
