@@ -1,8 +1,13 @@
-"""Evaluation helpers. ``perplexity_of_blocks``: causal-LM perplexity over pre-tokenized blocks."""
+"""Evaluation: causal-LM perplexity (``perplexity``, ``perplexity_of_blocks``) and in-context k-shot
+multiple-choice accuracy (``fewshot_accuracy`` on JSONL tasks)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import random
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,3 +53,81 @@ def perplexity(model: nn.Module, tokenizer, texts: list[str] | str, block_size: 
     size = min(block_size, ids.numel(), max_positions or block_size)
     usable = ids.numel() // size * size
     return perplexity_of_blocks(model, ids[:usable].reshape(-1, size), batch_size)
+
+
+# --------------------------------------------------------------------------------------------- few-shot
+def load_jsonl_task(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """A multiple-choice task: one JSON object per line with ``question`` (str), ``choices`` (list of str)
+    and ``answer`` (index of the right choice)."""
+    examples = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if not (isinstance(item.get("question"), str) and isinstance(item.get("choices"), list)
+                    and isinstance(item.get("answer"), int) and 0 <= item["answer"] < len(item["choices"])):
+                raise ValueError(f"{path}:{number}: each line needs 'question' (str), 'choices' (list of str) and "
+                                 f"'answer' (an index into choices), got {item!r}")
+            examples.append(item)
+    if not examples:
+        raise ValueError(f"{path} holds no examples")
+    return examples
+
+
+def _demonstration(example: dict[str, Any]) -> str:
+    return f"{example['question']} {example['choices'][example['answer']]}"
+
+
+@torch.no_grad()
+def continuation_logprob(model: nn.Module, tokenizer, context: str, continuation: str) -> tuple[float, int]:
+    """(sum of log-probabilities of ``continuation``'s tokens after ``context``, number of those tokens)."""
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    if full_ids[:len(context_ids)] != context_ids:  # tokenization merged across the boundary
+        full_ids = context_ids + tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    n_cont = len(full_ids) - len(context_ids)
+    if n_cont <= 0:
+        raise ValueError(f"continuation {continuation!r} tokenizes to nothing")
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit is not None:
+        full_ids = full_ids[-limit:]  # keep the end: the continuation and as much context as fits
+    ids = torch.tensor([full_ids], device=next(model.parameters()).device)
+    logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    targets = ids[0, 1:]
+    picked = logprobs.gather(1, targets[:, None])[:, 0]
+    return picked[-n_cont:].sum().item(), n_cont
+
+
+def fewshot_accuracy(model: nn.Module, tokenizer, examples: list[dict[str, Any]], shots: int = 0,
+                     demonstrations: list[dict[str, Any]] | None = None, seed: int = 0,
+                     normalize: bool = False, separator: str = "\n\n") -> float:
+    """k-shot accuracy of a causal LM on a multiple-choice task.
+
+    For each example the prompt is ``shots`` demonstrations (``question answer``, drawn with ``seed`` from
+    ``demonstrations``, default: the other examples) followed by the question; the prediction is the choice
+    with the highest log-likelihood (per token with ``normalize=True``).
+    """
+    if shots < 0:
+        raise ValueError(f"shots must be >= 0, got {shots}")
+    pool = demonstrations if demonstrations is not None else examples
+    gen = random.Random(seed)
+    was_training = model.training
+    model.eval()
+    correct = 0
+    try:
+        for index, example in enumerate(examples):
+            candidates = [d for i, d in enumerate(pool) if demonstrations is not None or i != index]
+            if shots > len(candidates):
+                raise ValueError(f"shots={shots} but only {len(candidates)} demonstrations are available")
+            demos = gen.sample(candidates, shots)
+            context = "".join(_demonstration(d) + separator for d in demos) + example["question"]
+            scores = []
+            for choice in example["choices"]:
+                total, count = continuation_logprob(model, tokenizer, context, " " + choice)
+                scores.append(total / count if normalize else total)
+            correct += int(max(range(len(scores)), key=scores.__getitem__) == example["answer"])
+    finally:
+        model.train(was_training)
+    return correct / len(examples)

@@ -31,6 +31,12 @@ HEAD_NAMES = frozenset({"lm_head", "classifier", "score", "qa_outputs", "cls", "
 
 
 # --------------------------------------------------------------------------------------------- targets
+def _own_weight(module: nn.Module) -> torch.Tensor | None:
+    """The module's registered ``weight`` parameter, never a computed one (hf-sparse layers expose a
+    ``weight`` property that materializes the dense product)."""
+    return module._parameters.get("weight")
+
+
 def head_module_names(model: nn.Module) -> set[str]:
     """Names of output heads (tied or not) and classifier heads, which default selection leaves dense.
 
@@ -52,7 +58,7 @@ def head_module_names(model: nn.Module) -> set[str]:
     for name, module in model.named_modules():
         if not name:
             continue
-        weight = getattr(module, "weight", None)
+        weight = _own_weight(module)
         if (module is output or (weight is not None and id(weight) in embedding_weights)
                 or (has_head_outside_base and name != prefix and not name.startswith(prefix + "."))
                 or any(part in HEAD_NAMES for part in name.split("."))):
@@ -61,7 +67,7 @@ def head_module_names(model: nn.Module) -> set[str]:
 
 
 def is_tied_to_embedding(model: nn.Module, module: nn.Module) -> bool:
-    weight = getattr(module, "weight", None)
+    weight = _own_weight(module)
     return weight is not None and any(m.weight is weight for m in model.modules() if isinstance(m, nn.Embedding))
 
 

@@ -9,6 +9,7 @@ and always puts the original back).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -65,31 +66,32 @@ def _layer(module: nn.Module, u, v) -> FactorizedLayer:
     return (CED if is_conv(dense_kind(module)) else LED).from_factors(module, u, v)
 
 
-def decompositions(model: nn.Module, names: list[str], config: GreenformerConfig,
-                   batches: list[dict[str, Any]] | None) -> dict[str, Decomposition]:
-    """One SVD-family decomposition per layer (data-aware where the solver asks for it and the layer is a
-    Linear / Conv1D; plain SVD otherwise)."""
-    result: dict[str, Decomposition] = {}
+def iter_decompositions(model: nn.Module, names: list[str], config: GreenformerConfig,
+                        batches: list[dict[str, Any]] | None) -> Iterator[tuple[str, Decomposition]]:
+    """One SVD-family decomposition per layer, yielded as soon as its statistics are in (data-aware where the
+    solver asks for it and the layer is a Linear / Conv1D; plain SVD otherwise). Consumers that build the
+    layer right away keep only one calibration group's statistics and decompositions alive at a time."""
     aware = ([n for n in names if supports_stats(model.get_submodule(n))]
              if config.solver in DATA_AWARE_SOLVERS else [])
     if aware:
         for group in collect_stats(model, aware, batches, fisher=config.solver == "fwsvd",
                                    max_layers_per_pass=config.max_layers_per_pass):
-            for name, stats in group.items():
+            for name in list(group):
+                stats = group.pop(name)
                 weight = weight_matrix(model.get_submodule(name))
                 if config.solver == "svd-llm":
-                    result[name] = whitened_decomposition(weight, stats.xtx, name)
+                    yield name, whitened_decomposition(weight, stats.xtx, name)
                 elif config.solver == "asvd":
-                    result[name] = asvd_decomposition(weight, stats.abs_mean, config.asvd_alpha)
+                    yield name, asvd_decomposition(weight, stats.abs_mean, config.asvd_alpha)
                 else:
-                    result[name] = fisher_decomposition(weight, stats.fisher)
-    fallback = [n for n in names if n not in result]
+                    yield name, fisher_decomposition(weight, stats.fisher)
+    aware_names = set(aware)
+    fallback = [n for n in names if n not in aware_names]
     if aware and fallback:
         logger.info("greenformer: %s uses plain SVD on %d conv layer(s) without input statistics",
                     config.solver, len(fallback))
     for name in fallback:
-        result[name] = plain_decomposition(weight_matrix(model.get_submodule(name)))
-    return result
+        yield name, plain_decomposition(weight_matrix(model.get_submodule(name)))
 
 
 def sensitivity_table(model: nn.Module, names: list[str], decomps: dict[str, Decomposition],
@@ -145,21 +147,20 @@ def convert(model: nn.Module, names: list[str], config: GreenformerConfig,
             batches: list[dict[str, Any]] | None) -> dict[str, FactorizedLayer]:
     """LED / CED for each selected module that gets factorized (the others stay dense)."""
     modules = {n: model.get_submodule(n) for n in names}
-    need_decomps = config.solver in DATA_AWARE_SOLVERS or config.allocation == "sensitivity"
-    decomps = decompositions(model, names, config, batches) if need_decomps else None
-    if config.param_ratio is not None:
+    if config.allocation == "sensitivity":
+        # the allocation needs every layer's decomposition (one SVD serves all candidate ranks)
+        decomps = dict(iter_decompositions(model, names, config, batches))
         ranks = allocate(model, names, config, decomps, batches)
+        factors = ((n, decomps[n].factors(ranks[n])) for n in names if ranks[n] is not None)
     else:
-        ranks = {n: planned_rank(n, m, config) for n, m in modules.items()}
-    layers = {}
-    for name, module in modules.items():
-        rank = ranks[name]
-        if rank is None:
-            continue
-        if decomps is not None:
-            u, v = decomps[name].factors(rank)
+        if config.param_ratio is not None:
+            ranks = allocate(model, names, config, None, batches)
         else:
-            u, v = factorize(weight_matrix(module), rank, config.solver, config.iterations, config.svd_algorithm,
-                             config.seed)
-        layers[name] = _layer(module, u, v)
-    return layers
+            ranks = {n: planned_rank(n, m, config) for n, m in modules.items()}
+        if config.solver in DATA_AWARE_SOLVERS:
+            kept = [n for n in names if ranks[n] is not None]
+            factors = ((n, d.factors(ranks[n])) for n, d in iter_decompositions(model, kept, config, batches))
+        else:
+            factors = ((n, factorize(weight_matrix(modules[n]), ranks[n], config.solver, config.iterations,
+                                     config.svd_algorithm, config.seed)) for n in names if ranks[n] is not None)
+    return {name: _layer(modules[name], u, v) for name, (u, v) in factors}
