@@ -15,6 +15,7 @@ from .config import ComposedSparsityConfig, SparsityConfig
 from .inject import apply_plan, densify, get_sparsity_config, sparse_layers, sparsify
 from .layers import PlanError, SparseLayer
 from .methods.greenformer import CED, LED, GreenformerConfig
+from .methods.pixelfly import PixelflyConfig, PixelflyLinear, flat_block_butterfly_layout
 from .quantizer import SparseHfQuantizer, register
 from .summary import SparsitySummary, summary
 
@@ -27,6 +28,8 @@ __all__ = [
     "LED",
     "ComposedSparsityConfig",
     "GreenformerConfig",
+    "PixelflyConfig",
+    "PixelflyLinear",
     "PlanError",
     "SparseAutoModel",
     "SparseAutoModelForCausalLM",
@@ -38,6 +41,7 @@ __all__ = [
     "SparsitySummary",
     "apply_plan",
     "densify",
+    "flat_block_butterfly_layout",
     "get_sparsity_config",
     "sparse_layers",
     "sparsify",
