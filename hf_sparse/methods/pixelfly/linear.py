@@ -148,6 +148,17 @@ class PixelflyLinear(SparseLayer):
                              "equivalent dense weight")
         return self.alpha * self.butterfly_dense() + (1 - self.alpha) * (self.u_weight @ self.v_weight)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """For code that inspects ``module.weight`` (dtype, device, shape): ``to_dense()``; with
+        ``gating="input"`` the weight at the gate's input-independent value ``sigmoid(gate_bias)`` (the gate
+        really varies per token, so this is only indicative)."""
+        if self.gating == "scalar":
+            return self.to_dense()
+        alpha = torch.sigmoid(self.gate_bias)
+        matrix = alpha * self.butterfly_dense() + (1 - alpha) * (self.u_weight @ self.v_weight)
+        return matrix.t() if self.source["source"] == "Conv1D" else matrix
+
     @classmethod
     @torch.no_grad()
     def from_dense(cls, dense: nn.Module, shape: PixelflyShape, gating: str = "scalar") -> PixelflyLinear:
