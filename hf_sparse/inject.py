@@ -21,7 +21,7 @@ from .calibration import prepare_batches
 from .config import ComposedSparsityConfig, SparsityConfig, as_sparsity_config, pattern_matches
 from .dense import dense_kind
 from .layers import PlanError, SparseLayer
-from .registry import CONVERTERS, ELIGIBILITY, LAYER_CLASSES
+from .registry import CONVERTERS, ELIGIBILITY, FINALIZERS, LAYER_CLASSES
 
 logger = logging.getLogger("hf_sparse")
 
@@ -207,8 +207,15 @@ def sparsify(model: nn.Module, config: SparsityConfig | dict | list | str | os.P
                        type(model).__name__)
     merged = _merge(model, get_sparsity_config(model), config)  # before the swap: judges the old layers
     _swap(model, replacements)
+    _finalize(model, config)
     set_sparsity_config(model, merged)
     return model
+
+
+def _finalize(model: nn.Module, config: SparsityConfig) -> None:
+    for cfg in config.configs:
+        if cfg.method in FINALIZERS:
+            FINALIZERS[cfg.method](model, cfg)
 
 
 def build_layer(name: str, spec: Any, device: torch.device | str | None = None,
@@ -254,6 +261,7 @@ def apply_plan(model: nn.Module, config: SparsityConfig, device: torch.device | 
             _check_shapes(name, original, layer)
         replacements[name] = layer
     _swap(model, replacements)
+    _finalize(model, config)
     set_sparsity_config(model, config)
     return model
 

@@ -25,6 +25,9 @@ Converter = Callable[["nn.Module", list[str], "SparsityConfig", "list[dict] | No
 CONVERTERS: dict[str, Converter] = {}
 #: method name -> ``(module, config) -> bool``: can this method convert this module at all
 ELIGIBILITY: dict[str, Callable[[nn.Module, SparsityConfig], bool]] = {}
+#: method name -> ``(model, config) -> None``: model-level changes after the layers are in place (also on
+#: reload), e.g. switching the attention implementation. Must not fail: converters validate beforehand.
+FINALIZERS: dict[str, Callable[[nn.Module, SparsityConfig], None]] = {}
 #: layer class name as written in a plan -> class
 LAYER_CLASSES: dict[str, type[SparseLayer]] = {}
 
@@ -58,3 +61,13 @@ def register_layer(cls):
     """Class decorator: make a ``SparseLayer`` rebuildable from the ``class`` field of a plan entry."""
     LAYER_CLASSES[cls.__name__] = cls
     return cls
+
+
+def register_finalizer(method: str):
+    """Function decorator: register ``method``'s model-level step run after its layers are swapped in."""
+
+    def wrap(fn):
+        FINALIZERS[method] = fn
+        return fn
+
+    return wrap

@@ -29,14 +29,22 @@ class PixelflyConfig(SparsityConfig):
             ``"random"`` (fresh init with a dense layer's output variance, for training from scratch) or
             ``"auto"`` (project for models loaded from a checkpoint or plain modules, random for
             ``from_config`` models).
+        attention: also replace the model's attention by butterfly sparse attention (models that use
+            transformers' attention interface: GPT-2, LLaMA-family, BERT, ViT, ...). Stored in the config, so a
+            reload switches it back on.
+        attention_block_size: sequence block size of the attention layout.
+        attention_n_factors: butterfly factors of the attention layout (each query block reads ``1 + n``
+            key blocks); None: chosen so the density at the model's maximum length follows ``density``
+            (recorded in the saved config).
     """
 
     fields: ClassVar[tuple[str, ...]] = ("density", "block_size", "lowrank_fraction", "n_factors", "butterfly_size",
-                                         "gating", "init")
+                                         "gating", "init", "attention", "attention_block_size", "attention_n_factors")
 
     def __init__(self, density: float = 0.25, block_size: int = 32, lowrank_fraction: float = 0.25,
                  n_factors: int | None = None, butterfly_size: int | None = None, gating: str = "scalar",
-                 init: str = "auto", target_modules: list[str] | str | None = None,
+                 init: str = "auto", attention: bool = False, attention_block_size: int = 64,
+                 attention_n_factors: int | None = None, target_modules: list[str] | str | None = None,
                  modules_to_not_convert: list[str] | str | None = None,
                  plan: dict[str, dict[str, Any]] | None = None, format_version: int = FORMAT_VERSION) -> None:
         check_type("density", density, (int, float), "a float in (0, 1)")
@@ -56,6 +64,15 @@ class PixelflyConfig(SparsityConfig):
         check_choice("gating", gating, GATINGS)
         check_type("init", init, str, f"one of {list(INITS)}")
         check_choice("init", init, INITS)
+        check_type("attention", attention, bool, "True or False")
+        check_type("attention_block_size", attention_block_size, int, "a positive int")
+        check_range("attention_block_size", attention_block_size, 1, 65536)
+        if attention_n_factors is not None:
+            check_type("attention_n_factors", attention_n_factors, int, "None or an int >= 0")
+            check_range("attention_n_factors", attention_n_factors, 0, 30)
+        self.attention = attention
+        self.attention_block_size = attention_block_size
+        self.attention_n_factors = attention_n_factors
         self.density = float(density)
         self.block_size = block_size
         self.lowrank_fraction = float(lowrank_fraction)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from torch import nn
+from transformers import PreTrainedModel
 
 from ...dense import dense_kind, is_conv, weight_matrix
-from ...registry import register_converter
+from ...registry import register_converter, register_finalizer
+from . import attention as butterfly_attention
 from .butterfly import plan_shape
 from .config import PixelflyConfig
 from .linear import PixelflyLinear
@@ -32,10 +35,47 @@ def resolve_init(model: nn.Module, config: PixelflyConfig) -> str:
     return "project"
 
 
+def attention_factors(model: nn.Module, config: PixelflyConfig) -> int:
+    """``attention_n_factors``, or the number giving ``density`` at the model's maximum sequence length."""
+    if config.attention_n_factors is not None:
+        return config.attention_n_factors
+    model_config = model.config
+    max_len = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    image, patch = getattr(model_config, "image_size", None), getattr(model_config, "patch_size", None)
+    if not max_len and isinstance(image, int) and isinstance(patch, int):
+        max_len = (image // patch) ** 2 + 1  # ViT-style: patches + [CLS]
+    if not max_len:
+        raise ValueError("attention_n_factors=None needs the model config's max_position_embeddings (or n_positions) "
+                         "to pick the attention density; set attention_n_factors explicitly")
+    blocks = math.ceil(max_len / config.attention_block_size)
+    grid_factors = max(0, math.ceil(math.log2(max(blocks, 1))))
+    return max(0, min(round(config.density * blocks) - 1, grid_factors))
+
+
+def check_attention_support(model: nn.Module) -> None:
+    """``ValueError`` unless ``model`` is a transformers model whose attention goes through the interface."""
+    can_set = getattr(model, "_can_set_attn_implementation", None)
+    if not isinstance(model, PreTrainedModel) or can_set is None or not can_set():
+        raise ValueError(f"PixelflyConfig(attention=True) needs a transformers model that uses the attention "
+                         f"interface (GPT-2, LLaMA-family, BERT, ViT, ...); {type(model).__name__} does not")
+
+
+@register_finalizer("pixelfly")
+def finalize(model: nn.Module, config: PixelflyConfig) -> None:
+    """Switch the model to butterfly attention when the config asks for it (also on reload)."""
+    if config.attention:
+        model.set_attn_implementation(butterfly_attention.register(config.attention_block_size,
+                                                                   config.attention_n_factors))
+
+
 @register_converter("pixelfly", is_eligible)
 def convert(model: nn.Module, names: list[str], config: PixelflyConfig,
             batches: list[dict[str, Any]] | None) -> dict[str, PixelflyLinear]:
-    """A PixelflyLinear for each selected layer whose plan saves parameters (the others stay dense, logged)."""
+    """A PixelflyLinear for each selected layer whose plan saves parameters (the others stay dense, logged).
+    With ``attention=True`` it checks the model supports it and records the attention layout's factors."""
+    if config.attention:
+        check_attention_support(model)
+        config.attention_n_factors = attention_factors(model, config)
     init = resolve_init(model, config)
     layers = {}
     for name in names:
