@@ -49,6 +49,10 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     ``attention_mask``: None, or a bool (True = attend) / additive float mask broadcastable to
     ``(B, H, T, T)``. Returns ``(B, H, T, D)``. Memory and work grow as ``T * (1 + n_factors) * block_size``.
     ``offsets`` overrides the XOR offsets of the layout (see :func:`block_partners`).
+
+    One XOR offset at a time: offset ``d`` pairs query block ``i`` with key block ``i ^ d``, so its scores are
+    one batched product over the block pairs that exist (with ``is_causal``, only those with ``i ^ d <= i``);
+    a shared row maximum and row sum combine the offsets into one softmax.
     """
     b, h, t, d = query.shape
     nb = math.ceil(t / block_size)
@@ -56,39 +60,61 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     if tp != t:
         pad = (0, 0, 0, tp - t)
         query, key, value = F.pad(query, pad), F.pad(key, pad), F.pad(value, pad)
-    partners, valid = block_partners(nb, n_factors, query.device, offsets)
-    k_blocks = partners.shape[1]
-    q_b = query.view(b, h, nb, block_size, d)
-    k_g = key.view(b, h, nb, block_size, d)[:, :, partners].reshape(b, h, nb, k_blocks * block_size, d)
-    v_g = value.view(b, h, nb, block_size, d)[:, :, partners].reshape(b, h, nb, k_blocks * block_size, d)
-    scale = scaling if scaling is not None else 1 / math.sqrt(d)
-    scores = torch.matmul(q_b, k_g.transpose(-1, -2)) * scale  # (B, H, nb, bs, K * bs)
-
-    offs = torch.arange(block_size, device=query.device)
-    q_pos = (torch.arange(nb, device=query.device)[:, None] * block_size + offs)[:, :, None]  # (nb, bs, 1)
-    k_pos = (partners[:, :, None] * block_size + offs).reshape(nb, 1, -1)  # (nb, 1, K * bs)
-    allowed = valid.repeat_interleave(block_size, 1)[:, None, :] & (k_pos < t)
-    if is_causal:
-        allowed = allowed & (k_pos <= q_pos)
-    allowed = allowed.expand(nb, block_size, k_blocks * block_size)
+    device = query.device
+    grid = 1 << max(0, math.ceil(math.log2(nb)))
+    if offsets is None:
+        offsets = butterfly_offsets(min(n_factors, int(math.log2(grid))))
+    mask = None
     if attention_mask is not None:
         mask = attention_mask
         if tp != t:
             mask = F.pad(mask, (0, tp - t, 0, tp - t), value=False if mask.dtype == torch.bool else 0.0)
         mask = mask.expand(mask.shape[0], mask.shape[1], tp, tp)
-        picked = mask[:, :, q_pos.expand(nb, block_size, 1), k_pos.expand(nb, block_size, k_blocks * block_size)]
-        if picked.dtype == torch.bool:
-            allowed = allowed & picked
-        else:
-            scores = scores + picked.to(scores.dtype)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    low_precision = scores.dtype in (torch.float16, torch.bfloat16)
-    probs = torch.softmax(scores.float() if low_precision else scores, dim=-1)
-    probs = probs.nan_to_num(0.0).to(value.dtype)  # fully masked rows (padding queries) -> 0
-    if dropout and training:
-        probs = F.dropout(probs, p=dropout)
-    out = torch.matmul(probs, v_g).reshape(b, h, tp, d)
-    return out[:, :, :t]
+    scale = scaling if scaling is not None else 1 / math.sqrt(d)
+    q_b = query.view(b, h, nb, block_size, d)
+    k_b = key.view(b, h, nb, block_size, d)
+    v_b = value.view(b, h, nb, block_size, d)
+    blocks = torch.arange(nb, device=device)
+    offs = torch.arange(block_size, device=device)
+    low_precision = query.dtype in (torch.float16, torch.bfloat16)
+
+    pieces = []  # (query block indices, key block indices, masked scores)
+    for offset in offsets:
+        partner = blocks ^ offset
+        keep = (partner < nb) & ((partner <= blocks) if is_causal else True)
+        rows, cols = blocks[keep], partner[keep]
+        if rows.numel() == 0:
+            continue
+        scores = torch.matmul(q_b[:, :, rows], k_b[:, :, cols].transpose(-1, -2)) * scale  # (B, H, m, bs, bs)
+        if low_precision:
+            scores = scores.float()
+        q_pos = (rows[:, None] * block_size + offs)[:, :, None]
+        k_pos = (cols[:, None] * block_size + offs)[:, None, :]
+        allowed = k_pos < t
+        if is_causal:
+            allowed = allowed & (k_pos <= q_pos)
+        if mask is not None:
+            picked = mask[:, :, q_pos, k_pos]
+            if picked.dtype == torch.bool:
+                allowed = allowed & picked
+            else:
+                scores = scores + picked.to(scores.dtype)
+        pieces.append((rows, cols, scores.masked_fill(~allowed, float("-inf"))))
+
+    row_max = torch.full((b, h, nb, block_size), float("-inf"), device=device, dtype=pieces[0][2].dtype)
+    for rows, _, scores in pieces:
+        row_max[:, :, rows] = torch.maximum(row_max[:, :, rows], scores.detach().amax(-1))
+    row_max = row_max.nan_to_num(0.0, neginf=0.0)  # fully masked rows: any finite shift
+    row_sum = torch.zeros_like(row_max)
+    out = torch.zeros(b, h, nb, block_size, d, device=device, dtype=row_max.dtype)
+    for rows, cols, scores in pieces:
+        weights = torch.exp(scores - row_max[:, :, rows, :, None])
+        row_sum = row_sum.index_add(2, rows, weights.sum(-1))
+        if dropout and training:  # dropout on the attention probabilities (the normalizer is unaffected)
+            weights = F.dropout(weights, p=dropout)
+        out = out.index_add(2, rows, torch.matmul(weights, v_b[:, :, cols].to(weights.dtype)))
+    out = out / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)[..., None]  # fully masked rows stay 0
+    return out.to(value.dtype).reshape(b, h, tp, d)[:, :, :t]
 
 
 def butterfly_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
