@@ -21,7 +21,7 @@ from .calibration import prepare_batches
 from .config import ComposedSparsityConfig, SparsityConfig, as_sparsity_config, pattern_matches
 from .dense import dense_kind
 from .layers import PlanError, SparseLayer
-from .registry import CONVERTERS, ELIGIBILITY, FINALIZERS, LAYER_CLASSES
+from .registry import CONVERTERS, ELIGIBILITY, FINALIZERS, LAYER_CLASSES, UNDO_FINALIZERS
 
 logger = logging.getLogger("hf_sparse")
 
@@ -279,10 +279,15 @@ def _check_shapes(name: str, original: nn.Module, layer: SparseLayer) -> None:
 
 @torch.no_grad()
 def densify(model: nn.Module) -> nn.Module:
-    """Turn every hf-sparse layer back into the dense module it replaced (exact same function); removes
-    the recorded config. Returns ``model``."""
+    """Turn every hf-sparse layer back into the dense module it replaced (exact same function), undo
+    model-level changes (sparse attention goes back to ``sdpa``) and remove the recorded config. Returns
+    ``model``. Input-gated Pixelfly layers have no single dense equivalent and raise ``ValueError``."""
     replacements = {name: m.to_dense_module() for name, m in model.named_modules() if isinstance(m, SparseLayer)}
     _swap(model, replacements)
+    config = get_sparsity_config(model)
+    for cfg in config.configs if config is not None else []:
+        if cfg.method in UNDO_FINALIZERS:
+            UNDO_FINALIZERS[cfg.method](model, cfg)
     set_sparsity_config(model, None)
     return model
 

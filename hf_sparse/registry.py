@@ -28,6 +28,8 @@ ELIGIBILITY: dict[str, Callable[[nn.Module, SparsityConfig], bool]] = {}
 #: method name -> ``(model, config) -> None``: model-level changes after the layers are in place (also on
 #: reload), e.g. switching the attention implementation. Must not fail: converters validate beforehand.
 FINALIZERS: dict[str, Callable[[nn.Module, SparsityConfig], None]] = {}
+#: method name -> ``(model, config) -> None``: reverts its finalizer's model-level change (``densify``)
+UNDO_FINALIZERS: dict[str, Callable[[nn.Module, SparsityConfig], None]] = {}
 #: layer class name as written in a plan -> class
 LAYER_CLASSES: dict[str, type[SparseLayer]] = {}
 
@@ -63,11 +65,14 @@ def register_layer(cls):
     return cls
 
 
-def register_finalizer(method: str):
-    """Function decorator: register ``method``'s model-level step run after its layers are swapped in."""
+def register_finalizer(method: str, undo: Callable[[nn.Module, SparsityConfig], None] | None = None):
+    """Function decorator: register ``method``'s model-level step run after its layers are swapped in, and
+    the function that reverts it when the model is made dense again."""
 
     def wrap(fn):
         FINALIZERS[method] = fn
+        if undo is not None:
+            UNDO_FINALIZERS[method] = undo
         return fn
 
     return wrap

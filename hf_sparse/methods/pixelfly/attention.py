@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from .butterfly import butterfly_offsets
 
 NAME_PREFIX = "hf_sparse_butterfly"
+#: transient score memory per step of the block loop (forward and backward), in bytes
+CHUNK_BYTES = 2**20
 
 
 def implementation_name(block_size: int, n_factors: int) -> str:
@@ -41,6 +44,125 @@ def block_partners(n_blocks: int, n_factors: int, device: torch.device,
     return partners.clamp(max=n_blocks - 1), valid
 
 
+@dataclass
+class _BlockPairs:
+    """The query/key block pairs of one XOR offset: ``rows`` and ``cols`` (``(m,)`` block indices), ``allowed``
+    (bool, broadcastable to ``(B, H, m, bs, bs)``) and an optional additive float ``bias`` of that shape."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    allowed: torch.Tensor
+    bias: torch.Tensor | None
+
+
+def _block_pairs(nb: int, block_size: int, t: int, offsets: list[int], is_causal: bool,
+                 mask: torch.Tensor | None, device: torch.device) -> list[_BlockPairs]:
+    blocks = torch.arange(nb, device=device)
+    offs = torch.arange(block_size, device=device)
+    pairs = []
+    for offset in offsets:
+        partner = blocks ^ offset
+        keep = (partner < nb) & ((partner <= blocks) if is_causal else True)
+        rows, cols = blocks[keep], partner[keep]
+        if rows.numel() == 0:
+            continue
+        q_pos = (rows[:, None] * block_size + offs)[:, :, None]
+        k_pos = (cols[:, None] * block_size + offs)[:, None, :]
+        allowed = k_pos < t
+        if is_causal:
+            allowed = allowed & (k_pos <= q_pos)
+        bias = None
+        if mask is not None:
+            picked = mask[:, :, q_pos, k_pos]
+            if picked.dtype == torch.bool:
+                allowed = allowed & picked
+            else:
+                bias = picked
+        pairs.append(_BlockPairs(rows, cols, allowed, bias))
+    return pairs
+
+
+def _chunked(pairs: list[_BlockPairs], blocks_per_chunk: int) -> list[_BlockPairs]:
+    """Split each offset's block pairs into chunks of at most ``blocks_per_chunk`` query blocks, so that the
+    transient scores of one step stay small whatever the sequence length."""
+    chunks = []
+    for pair in pairs:
+        for start in range(0, pair.rows.numel(), blocks_per_chunk):
+            part = slice(start, start + blocks_per_chunk)
+            allowed = pair.allowed[..., part, :, :] if pair.allowed.shape[-3] > 1 else pair.allowed
+            bias = None if pair.bias is None else pair.bias[..., part, :, :]
+            chunks.append(_BlockPairs(pair.rows[part], pair.cols[part], allowed, bias))
+    return chunks
+
+
+def _scores(q_b: torch.Tensor, k_b: torch.Tensor, pair: _BlockPairs, scale: float) -> torch.Tensor:
+    """Masked scores ``(B, H, m, bs, bs)`` of one offset's block pairs, in float32 for half inputs."""
+    scores = torch.matmul(q_b[:, :, pair.rows], k_b[:, :, pair.cols].transpose(-1, -2))
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    scores = scores * scale
+    if pair.bias is not None:
+        scores = scores + pair.bias.to(scores.dtype)
+    return scores.masked_fill(~pair.allowed, float("-inf"))
+
+
+def _attend(q_b: torch.Tensor, k_b: torch.Tensor, v_b: torch.Tensor, pairs: list[_BlockPairs], scale: float,
+            dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out (B, H, nb, bs, D), logsumexp (B, H, nb, bs))``: one softmax over all offsets of each query row,
+    accumulated online (running row maximum and sum, rescaled as offsets arrive), so only one offset's block
+    scores exist at a time. Fully masked rows get output 0 and logsumexp ``-inf``."""
+    b, h, nb, bs, d = q_b.shape
+    dtype = torch.float32 if q_b.dtype in (torch.float16, torch.bfloat16) else q_b.dtype
+    row_max = torch.full((b, h, nb, bs), float("-inf"), device=q_b.device, dtype=dtype)
+    row_sum = torch.zeros(b, h, nb, bs, device=q_b.device, dtype=dtype)
+    out = torch.zeros(b, h, nb, bs, d, device=q_b.device, dtype=dtype)
+    for pair in pairs:
+        rows = pair.rows  # distinct within one offset
+        scores = _scores(q_b, k_b, pair, scale)
+        new_max = torch.maximum(row_max[:, :, rows], scores.detach().amax(-1))
+        shift = new_max.nan_to_num(0.0, neginf=0.0)
+        rescale = torch.exp(row_max[:, :, rows] - shift)  # 0 where nothing was seen yet
+        weights = torch.exp(scores - shift[..., None])
+        row_sum = row_sum.index_copy(2, rows, row_sum[:, :, rows] * rescale + weights.sum(-1))
+        if dropout:  # on the attention probabilities (the normalizer is unaffected)
+            weights = F.dropout(weights, p=dropout)
+        update = out[:, :, rows] * rescale[..., None] + torch.matmul(weights, v_b[:, :, pair.cols].to(dtype))
+        out = out.index_copy(2, rows, update)
+        row_max = row_max.index_copy(2, rows, new_max)
+    out = out / row_sum.clamp_min(torch.finfo(dtype).tiny)[..., None]
+    return out, row_max.nan_to_num(0.0, neginf=0.0) + row_sum.log()
+
+
+class _ButterflyAttention(torch.autograd.Function):
+    """Memory-lean butterfly attention: the forward keeps only ``q, k, v``, the output and the row
+    logsumexp; the backward recomputes each offset's block scores (flash-attention style)."""
+
+    @staticmethod
+    def forward(ctx, q_b, k_b, v_b, scale: float, pairs: list[_BlockPairs]):
+        out, lse = _attend(q_b, k_b, v_b, pairs, scale)
+        ctx.save_for_backward(q_b, k_b, v_b, out, lse)
+        ctx.scale, ctx.pairs = scale, pairs
+        return out.to(v_b.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q_b, k_b, v_b, out, lse = ctx.saved_tensors
+        scale, pairs = ctx.scale, ctx.pairs
+        grad_out = grad_out.to(out.dtype)
+        delta = (grad_out * out).sum(-1)  # (B, H, nb, bs)
+        dq, dk, dv = (torch.zeros(t.shape, dtype=out.dtype, device=t.device) for t in (q_b, k_b, v_b))
+        for pair in pairs:
+            rows, cols = pair.rows, pair.cols
+            probs = torch.exp(_scores(q_b, k_b, pair, scale) - lse[:, :, rows, :, None]).nan_to_num(0.0)
+            g_rows = grad_out[:, :, rows]
+            dv.index_add_(2, cols, torch.matmul(probs.transpose(-1, -2), g_rows))
+            d_probs = torch.matmul(g_rows, v_b[:, :, cols].to(out.dtype).transpose(-1, -2))
+            d_scores = probs * (d_probs - delta[:, :, rows, :, None]) * scale
+            dq.index_add_(2, rows, torch.matmul(d_scores, k_b[:, :, cols].to(out.dtype)))
+            dk.index_add_(2, cols, torch.matmul(d_scores.transpose(-1, -2), q_b[:, :, rows].to(out.dtype)))
+        return dq.to(q_b.dtype), dk.to(k_b.dtype), dv.to(v_b.dtype), None, None
+
+
 def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_size: int,
                         n_factors: int, is_causal: bool = False, attention_mask: torch.Tensor | None = None,
                         scaling: float | None = None, dropout: float = 0.0, training: bool = False,
@@ -51,8 +173,8 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     ``offsets`` overrides the XOR offsets of the layout (see :func:`block_partners`).
 
     One XOR offset at a time: offset ``d`` pairs query block ``i`` with key block ``i ^ d``, so its scores are
-    one batched product over the block pairs that exist (with ``is_causal``, only those with ``i ^ d <= i``);
-    a shared row maximum and row sum combine the offsets into one softmax.
+    one batched product over the block pairs that exist (with ``is_causal``, only those with ``i ^ d <= i``).
+    Without dropout the backward recomputes the scores instead of storing them.
     """
     b, h, t, d = query.shape
     nb = math.ceil(t / block_size)
@@ -60,9 +182,8 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     if tp != t:
         pad = (0, 0, 0, tp - t)
         query, key, value = F.pad(query, pad), F.pad(key, pad), F.pad(value, pad)
-    device = query.device
-    grid = 1 << max(0, math.ceil(math.log2(nb)))
     if offsets is None:
+        grid = 1 << max(0, math.ceil(math.log2(nb)))
         offsets = butterfly_offsets(min(n_factors, int(math.log2(grid))))
     mask = None
     if attention_mask is not None:
@@ -71,50 +192,15 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
             mask = F.pad(mask, (0, tp - t, 0, tp - t), value=False if mask.dtype == torch.bool else 0.0)
         mask = mask.expand(mask.shape[0], mask.shape[1], tp, tp)
     scale = scaling if scaling is not None else 1 / math.sqrt(d)
-    q_b = query.view(b, h, nb, block_size, d)
-    k_b = key.view(b, h, nb, block_size, d)
-    v_b = value.view(b, h, nb, block_size, d)
-    blocks = torch.arange(nb, device=device)
-    offs = torch.arange(block_size, device=device)
-    low_precision = query.dtype in (torch.float16, torch.bfloat16)
-
-    pieces = []  # (query block indices, key block indices, masked scores)
-    for offset in offsets:
-        partner = blocks ^ offset
-        keep = (partner < nb) & ((partner <= blocks) if is_causal else True)
-        rows, cols = blocks[keep], partner[keep]
-        if rows.numel() == 0:
-            continue
-        scores = torch.matmul(q_b[:, :, rows], k_b[:, :, cols].transpose(-1, -2)) * scale  # (B, H, m, bs, bs)
-        if low_precision:
-            scores = scores.float()
-        q_pos = (rows[:, None] * block_size + offs)[:, :, None]
-        k_pos = (cols[:, None] * block_size + offs)[:, None, :]
-        allowed = k_pos < t
-        if is_causal:
-            allowed = allowed & (k_pos <= q_pos)
-        if mask is not None:
-            picked = mask[:, :, q_pos, k_pos]
-            if picked.dtype == torch.bool:
-                allowed = allowed & picked
-            else:
-                scores = scores + picked.to(scores.dtype)
-        pieces.append((rows, cols, scores.masked_fill(~allowed, float("-inf"))))
-
-    row_max = torch.full((b, h, nb, block_size), float("-inf"), device=device, dtype=pieces[0][2].dtype)
-    for rows, _, scores in pieces:
-        row_max[:, :, rows] = torch.maximum(row_max[:, :, rows], scores.detach().amax(-1))
-    row_max = row_max.nan_to_num(0.0, neginf=0.0)  # fully masked rows: any finite shift
-    row_sum = torch.zeros_like(row_max)
-    out = torch.zeros(b, h, nb, block_size, d, device=device, dtype=row_max.dtype)
-    for rows, cols, scores in pieces:
-        weights = torch.exp(scores - row_max[:, :, rows, :, None])
-        row_sum = row_sum.index_add(2, rows, weights.sum(-1))
-        if dropout and training:  # dropout on the attention probabilities (the normalizer is unaffected)
-            weights = F.dropout(weights, p=dropout)
-        out = out.index_add(2, rows, torch.matmul(weights, v_b[:, :, cols].to(weights.dtype)))
-    out = out / row_sum.clamp_min(torch.finfo(row_sum.dtype).tiny)[..., None]  # fully masked rows stay 0
-    return out.to(value.dtype).reshape(b, h, tp, d)[:, :, :t]
+    pairs = _block_pairs(nb, block_size, t, offsets, is_causal, mask, query.device)
+    per_block = b * h * block_size * block_size * 4  # bytes of one query block's scores (float32)
+    pairs = _chunked(pairs, max(1, CHUNK_BYTES // per_block))
+    q_b, k_b, v_b = (x.reshape(b, h, nb, block_size, d) for x in (query, key, value))
+    if dropout and training:
+        out = _attend(q_b, k_b, v_b, pairs, scale, dropout)[0].to(value.dtype)
+    else:
+        out = _ButterflyAttention.apply(q_b, k_b, v_b, scale, pairs)
+    return out.reshape(b, h, tp, d)[:, :, :t]
 
 
 def butterfly_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -60,7 +60,13 @@ def check_attention_support(model: nn.Module) -> None:
                          f"interface (GPT-2, LLaMA-family, BERT, ViT, ...); {type(model).__name__} does not")
 
 
-@register_finalizer("pixelfly")
+def restore_dense_attention(model: nn.Module, config: PixelflyConfig) -> None:
+    """Undo :func:`finalize`: back to ``sdpa`` attention."""
+    if config.attention and isinstance(model, PreTrainedModel):
+        model.set_attn_implementation("sdpa")
+
+
+@register_finalizer("pixelfly", undo=restore_dense_attention)
 def finalize(model: nn.Module, config: PixelflyConfig) -> None:
     """Switch the model to butterfly attention when the config asks for it (also on reload)."""
     if config.attention:

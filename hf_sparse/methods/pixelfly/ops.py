@@ -4,12 +4,14 @@ The butterfly part of a Pixelfly weight is ``butterfly_size`` groups of output r
 input groups ``i XOR d`` for the offsets ``d`` of the layout. Gathering those input groups side by side turns
 the whole product into one batched GEMM (``torch.bmm`` over the groups); the backward is two more batched
 GEMMs plus the same gather run in reverse (``i -> i XOR d`` is its own inverse). The dense weight is never
-built. ``backend="triton"`` is the dispatch point for the GPU kernels (kernels issue).
+built. :func:`butterfly_groups` is the dispatch point for the GPU kernels (``hf_sparse.kernels.backend``).
 """
 
 from __future__ import annotations
 
 import torch
+
+from ...kernels.backend import TRITON_KERNELS, select_backend
 
 
 def partner_index(butterfly_size: int, offsets: list[int], device: torch.device | None = None) -> torch.Tensor:
@@ -84,7 +86,10 @@ class ButterflyMatmul(torch.autograd.Function):
 
 
 def butterfly_groups(x: torch.Tensor, weight: torch.Tensor, offsets: tuple[int, ...]) -> torch.Tensor:
-    """``(N, in_padded) -> (G, N, out_tile)`` block-butterfly product (PyTorch fast path)."""
+    """``(N, in_padded) -> (G, N, out_tile)`` block-butterfly product: the Triton kernel where
+    ``hf_sparse.kernels.backend`` selects it, else the PyTorch path (:class:`ButterflyMatmul`)."""
+    if select_backend("butterfly_matmul", x) == "triton":
+        return TRITON_KERNELS["butterfly_matmul"](x, weight, tuple(offsets))
     return ButterflyMatmul.apply(x, weight, tuple(offsets))
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_sparse import PixelflyConfig, get_sparsity_config, sparsify
+from hf_sparse import PixelflyConfig, densify, get_sparsity_config, sparsify
 from hf_sparse.methods.pixelfly.attention import butterfly_attention
 
 
@@ -67,6 +67,8 @@ def test_model_integration_reload_and_causality(gpt2, tmp_path):
     assert get_sparsity_config(reloaded).attention
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, logits)
+    densify(reloaded)
+    assert reloaded.config._attn_implementation == "sdpa" and get_sparsity_config(reloaded) is None
 
 
 def test_default_factors_follow_density_and_padding_batches(tiny):
@@ -89,3 +91,28 @@ def test_attention_needs_a_transformers_model():
     with pytest.raises(ValueError, match="attention interface"):
         sparsify(model, PixelflyConfig(block_size=8, attention=True, attention_n_factors=1))
     assert isinstance(model[0], nn.Linear)
+
+
+@pytest.mark.parametrize("case", ["plain", "causal", "bool_mask", "float_mask", "padded_tail"])
+def test_memory_lean_backward_matches_autograd(case):
+    from hf_sparse.methods.pixelfly import attention as att
+
+    t = 21 if case == "padded_tail" else 24
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, t, 4, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = None
+    if case in ("bool_mask", "float_mask"):
+        keep = torch.rand(1, 1, t, t, generator=gen) > 0.3
+        mask = keep if case == "bool_mask" else torch.zeros(1, 1, t, t, dtype=torch.float64).masked_fill(
+            ~keep, float("-inf"))
+    kwargs = {"is_causal": case in ("causal", "padded_tail"), "attention_mask": mask}
+    assert torch.autograd.gradcheck(lambda a, b, c: butterfly_attention(a, b, c, 4, 2, **kwargs), (q, k, v))
+    out = butterfly_attention(q, k, v, 4, 2, **kwargs)
+    nb = -(-t // 4)
+    pad = (0, 0, 0, nb * 4 - t)
+    blocks = [F.pad(x, pad).reshape(1, 2, nb, 4, 4) for x in (q, k, v)]
+    full_mask = None if mask is None else mask.expand(1, 1, nb * 4, nb * 4) if nb * 4 == t else F.pad(
+        mask, (0, nb * 4 - t, 0, nb * 4 - t), value=False if mask.dtype == torch.bool else 0.0)
+    pairs = att._block_pairs(nb, 4, t, [0, 1, 2], kwargs["is_causal"], full_mask, q.device)
+    reference = att._attend(*blocks, pairs, 0.5)[0].reshape(1, 2, nb * 4, 4)[:, :, :t]
+    assert torch.allclose(out, reference)

@@ -1,0 +1,45 @@
+"""Which implementation runs a sparse op: the Triton kernels or the PyTorch path.
+
+``HF_SPARSE_BACKEND=auto`` (default) picks Triton for CUDA tensors when Triton and a kernel for the op are
+available, else PyTorch; ``torch`` always uses PyTorch; ``triton`` requires the kernel (with
+``TRITON_INTERPRET=1`` also on CPU tensors) and raises if it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+#: op name -> Triton implementation, filled by the kernel modules when they are importable
+TRITON_KERNELS: dict[str, object] = {}
+
+
+def requested_backend() -> str:
+    value = os.environ.get("HF_SPARSE_BACKEND", "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"HF_SPARSE_BACKEND must be one of {list(BACKENDS)}, got {value!r}")
+    return value
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def select_backend(op: str, tensor: torch.Tensor) -> str:
+    """``"triton"`` or ``"torch"`` for running ``op`` on ``tensor`` (see the module docstring)."""
+    backend = requested_backend()
+    has_kernel = op in TRITON_KERNELS and triton_available()
+    if backend == "torch":
+        return "torch"
+    if backend == "triton":
+        if not has_kernel:
+            raise ValueError(f"HF_SPARSE_BACKEND=triton, but no Triton kernel for {op!r} is available "
+                             f"(triton installed: {triton_available()}); use HF_SPARSE_BACKEND=torch or auto")
+        if tensor.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"HF_SPARSE_BACKEND=triton runs {op!r} on CUDA tensors (or on CPU with "
+                             "TRITON_INTERPRET=1); got a tensor on " + str(tensor.device))
+        return "triton"
+    return "triton" if has_kernel and tensor.device.type == "cuda" else "torch"
