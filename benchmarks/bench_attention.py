@@ -10,7 +10,6 @@ about 1/8 (block 64 with 6 factors = 7/64, block 128 with 3 factors = 4/32).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_led import cpu_name
+from common import cpu_name, write_results
 
 from hf_sparse.methods.pixelfly.attention import block_partners, butterfly_attention
 
@@ -103,12 +102,7 @@ def main() -> None:
         lines.append(f"| {r['seq']} | {r['heads']} x {r['dim']} | {r['block']} | {r['n_factors']} | "
                      f"{r['layout_density']:.3f} | {r['sdpa_ms']:.0f} | {r['butterfly_ms']:.0f} | "
                      f"{r['speedup']:.2f}x | {r['sdpa_peak_mib']:.0f} | {r['butterfly_peak_mib']:.0f} |")
-    table = "\n".join(lines)
-    print(f"{title}\n{table}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"title": title, "rows": rows}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(f"{title}\n\n{table}\n")
-
+    write_results(args.out, title, "\n".join(lines), {"rows": rows})
 
 if __name__ == "__main__":
     main()

@@ -12,36 +12,14 @@ Writes JSON + markdown to ``benchmarks/results/``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from common import cpu_name, fwd_bwd, side_by_side, write_results
 from torch import nn
 
 from hf_sparse import LED
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def time_fwd_bwd(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
-    for p in (*layer.parameters(), x):
-        p.grad = None
-    start = time.perf_counter()
-    layer(x).backward(grad)
-    return time.perf_counter() - start
 
 
 def run_case(in_f: int, out_f: int, tokens: int, rank: int, repeats: int, warmup: int, threads: int) -> dict:
@@ -50,14 +28,7 @@ def run_case(in_f: int, out_f: int, tokens: int, rank: int, repeats: int, warmup
     dense, led = nn.Linear(in_f, out_f), LED(in_f, out_f, rank)
     x = torch.randn(tokens, in_f, requires_grad=True)
     grad = torch.randn(tokens, out_f)
-    for _ in range(warmup):
-        time_fwd_bwd(dense, x, grad)
-        time_fwd_bwd(led, x, grad)
-    dense_t, led_t = [], []
-    for _ in range(repeats):
-        dense_t.append(time_fwd_bwd(dense, x, grad))
-        led_t.append(time_fwd_bwd(led, x, grad))
-    d, s = statistics.median(dense_t), statistics.median(led_t)
+    d, s = side_by_side(fwd_bwd(dense, x, grad), fwd_bwd(led, x, grad), repeats, warmup)
     flop_ratio = in_f * out_f / (rank * (in_f + out_f))
     return {"threads": threads, "in": in_f, "out": out_f, "tokens": tokens, "rank": rank,
             "dense_ms": d * 1e3, "led_ms": s * 1e3, "speedup": d / s, "flop_ratio": flop_ratio,
@@ -90,11 +61,7 @@ def main() -> None:
     meta = {"device": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "dtype": "float32",
             "repeats": args.repeats, "statistic": "median"}
     title = f"{meta['device']} ({meta['cores']} cores), torch {meta['torch']}, fp32, median of {args.repeats}"
-    table = markdown(rows)
-    print(f"{title}\n{table}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(f"{title}\n\n{table}\n")
+    write_results(args.out, title, markdown(rows), {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

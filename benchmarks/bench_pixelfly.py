@@ -10,25 +10,14 @@ are reset before each call; median of ``--repeats``. Writes JSON + markdown to `
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from bench_led import cpu_name
+from common import cpu_name, fwd_bwd, side_by_side, write_results
 from torch import nn
 
 from hf_sparse.methods.pixelfly import PixelflyLinear, plan_shape
-
-
-def time_fwd_bwd(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> float:
-    for p in (*layer.parameters(), x):
-        p.grad = None
-    start = time.perf_counter()
-    layer(x).backward(grad)
-    return time.perf_counter() - start
 
 
 def run_case(in_f: int, out_f: int, tokens: int, density: float, block: int, repeats: int, warmup: int) -> dict:
@@ -38,14 +27,7 @@ def run_case(in_f: int, out_f: int, tokens: int, density: float, block: int, rep
     sparse = PixelflyLinear(shape)
     x = torch.randn(tokens, in_f, requires_grad=True)
     grad = torch.randn(tokens, out_f)
-    for _ in range(warmup):
-        time_fwd_bwd(dense, x, grad)
-        time_fwd_bwd(sparse, x, grad)
-    dense_t, sparse_t = [], []
-    for _ in range(repeats):
-        dense_t.append(time_fwd_bwd(dense, x, grad))
-        sparse_t.append(time_fwd_bwd(sparse, x, grad))
-    d, s = statistics.median(dense_t), statistics.median(sparse_t)
+    d, s = side_by_side(fwd_bwd(dense, x, grad), fwd_bwd(sparse, x, grad), repeats, warmup)
     return {"in": in_f, "out": out_f, "tokens": tokens, "target_density": density, "block_size": block,
             "achieved_density": shape.density, "butterfly": f"{shape.tiles_per_row}/{shape.butterfly_size}",
             "rank": shape.rank, "dense_ms": d * 1e3, "pixelfly_ms": s * 1e3, "speedup": d / s}
@@ -72,11 +54,7 @@ def main() -> None:
         lines.append(f"| {r['in']} -> {r['out']} | {r['tokens']} | {r['block_size']} | {r['target_density']:.4f} | "
                      f"{r['achieved_density']:.4f} | {r['butterfly']} | {r['rank']} | {r['dense_ms']:.1f} | "
                      f"{r['pixelfly_ms']:.1f} | {r['speedup']:.2f}x |")
-    table = "\n".join(lines)
-    print(f"{title}\n{table}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"title": title, "rows": rows}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(f"{title}\n\n{table}\n")
+    write_results(args.out, title, "\n".join(lines), {"rows": rows})
 
 
 if __name__ == "__main__":

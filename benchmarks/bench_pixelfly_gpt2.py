@@ -10,14 +10,13 @@ Reports training tokens/s and held-out loss of both. Byte-level tokens from the 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
 from pathlib import Path
 
 import torch
-from bench_led import cpu_name
+from common import cpu_name, write_results
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
@@ -98,12 +97,7 @@ def main() -> None:
                      f"{math.exp(r['eval_loss']):.2f} |")
     lines += ["", f"Pixelfly vs dense: {sparse['tokens_per_s'] / dense['tokens_per_s']:.2f}x tokens/s, held-out loss "
                   f"{(sparse['eval_loss'] / dense['eval_loss'] - 1) * 100:+.1f}%"]
-    table = "\n".join(lines)
-    print(f"{title}\n{table}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"title": title, "results": results}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(f"{title}\n\n{table}\n")
-
+    write_results(args.out, title, "\n".join(lines), {"results": results})
 
 if __name__ == "__main__":
     main()
