@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
 from .data import byte_blocks, data_path, demo_corpus
@@ -55,7 +56,9 @@ def train(model: torch.nn.Module, blocks: torch.Tensor, steps: int, lr: float, o
         warmup_steps=min(20, steps // 10), lr_scheduler_type="cosine", weight_decay=0.0, logging_strategy="no",
         save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=seed, dataloader_num_workers=0,
     )
-    Trainer(model=model, args=args, train_dataset=BlockDataset(blocks)).train()
+    trainer = Trainer(model=model, args=args, train_dataset=BlockDataset(blocks))
+    trainer.remove_callback(PrinterCallback)  # the demo prints its own table
+    trainer.train()
 
 
 def run_demo(output_dir: str | Path = "demo_output", pretrain_steps: int = 300, finetune_steps: int = 100,
