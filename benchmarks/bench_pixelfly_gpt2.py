@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name, write_results
+from common import cpu_name, train_lm, write_results
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
@@ -27,23 +27,9 @@ from hf_sparse.summary import count_parameters
 
 def train_and_eval(model: GPT2LMHeadModel, train: torch.Tensor, held_out: torch.Tensor, steps: int, batch: int,
                    lr: float, seed: int) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
     start = time.perf_counter()
-    for step in range(steps):
-        ids = train[torch.randint(len(train), (batch,), generator=gen)]
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % max(1, steps // 5) == 0:
-            print(f"    step {step:4d} loss {loss.item():.3f}", flush=True)
+    train_lm(model, train, steps, batch, lr, seed)
     seconds = time.perf_counter() - start
-    model.eval()
     with torch.no_grad():
         losses = [model(input_ids=held_out[i:i + batch], labels=held_out[i:i + batch]).loss.item()
                   for i in range(0, len(held_out), batch)]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import train_lm
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
@@ -28,24 +29,6 @@ from hf_sparse.evaluation import perplexity_of_blocks
 
 SOLVERS = ("svd", "asvd", "fwsvd", "svd-llm")
 ALLOCATIONS = ("uniform", "stable_rank", "sensitivity")
-
-
-def pretrain(model: GPT2LMHeadModel, blocks: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    for step in range(steps):
-        batch = blocks[torch.randint(len(blocks), (batch_size,), generator=gen)]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            print(f"  pretrain step {step:5d}  loss {loss.item():.3f}", flush=True)
-    model.eval()
 
 
 def main() -> None:
@@ -73,7 +56,7 @@ def main() -> None:
                         bos_token_id=10, eos_token_id=10)
     dense = GPT2LMHeadModel(config)
     start = time.perf_counter()
-    pretrain(dense, train, args.steps, args.batch_size, 3e-3, args.seed)
+    train_lm(dense, train, args.steps, args.batch_size, 3e-3, args.seed)
     pretrain_s = time.perf_counter() - start
     dense_ppl = perplexity_of_blocks(dense, held_out)
     print(f"dense: held-out perplexity {dense_ppl:.3f} after {args.steps} steps ({pretrain_s:.0f} s)", flush=True)
@@ -104,7 +87,7 @@ def main() -> None:
              "| seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['solver']} | {r['allocation']} | {r['achieved_param_ratio']:.3f} | {r['perplexity']:.3f} "
-                     f"| +{r['increase']:.3f} | {r['increase'] / base:.2f} | {r['seconds']:.1f} |")
+                     f"| {r['increase']:+.3f} | {r['increase'] / base:.2f} | {r['seconds']:.1f} |")
     lines += ["", f"Target (svd-llm + sensitivity increase <= 0.5 x svd + uniform increase): "
                   f"{best:.3f} vs {0.5 * base:.3f} -> {'met' if target_met else 'NOT met'}"]
     table = "\n".join(lines)

@@ -56,3 +56,23 @@ def write_results(out: Path, title: str, table: str, payload: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"title": title, **payload}, indent=2) + "\n")
     out.with_suffix(".md").write_text(f"{title}\n\n{table}\n")
+
+
+def train_lm(model: nn.Module, blocks: torch.Tensor, steps: int, batch_size: int, lr: float, seed: int) -> None:
+    """Train a causal LM on random batches of ``blocks`` ``(n, seq)``: AdamW (weight decay 0.01), one-cycle LR
+    (10% warm-up), gradient clipping at 1; logs the loss ten times. Leaves the model in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    for step in range(steps):
+        batch = blocks[torch.randint(len(blocks), (batch_size,), generator=gen)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % max(1, steps // 10) == 0 or step == steps - 1:
+            print(f"  step {step:5d}  loss {loss.item():.3f}", flush=True)
+    model.eval()

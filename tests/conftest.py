@@ -122,3 +122,15 @@ def word_tokenizer(vocab_size: int = VOCAB) -> PreTrainedTokenizerFast:
 def word_texts(lines: int, words: int = 12, seed: int = 0) -> list[str]:
     gen = torch.Generator().manual_seed(seed)
     return [" ".join(f"w{int(i)}" for i in torch.randint(2, VOCAB, (words,), generator=gen)) for _ in range(lines)]
+
+
+@pytest.fixture
+def model_with_texts(tmp_path):
+    """(model dir, calibration file, held-out file): the tiny GPT-2 saved with the word tokenizer, and two
+    text files of word lines."""
+    model_dir = tmp_path / "dense"
+    TINY_MODELS["gpt2"].build().save_pretrained(model_dir)
+    word_tokenizer().save_pretrained(model_dir)
+    (tmp_path / "calib.txt").write_text("\n".join(word_texts(16, seed=1)))
+    (tmp_path / "eval.txt").write_text("\n".join(word_texts(8, seed=2)))
+    return model_dir, tmp_path / "calib.txt", tmp_path / "eval.txt"

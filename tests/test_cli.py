@@ -10,8 +10,6 @@ from hf_sparse import GreenformerConfig, sparsify
 from hf_sparse.cli import main
 from hf_sparse.demo import format_stages, run_demo
 
-from .conftest import word_texts, word_tokenizer
-
 
 def test_inspect_table_and_json(gpt2, tmp_path, capsys):
     sparsify(gpt2.build(), GreenformerConfig(rank=4)).save_pretrained(tmp_path)
@@ -68,16 +66,6 @@ def test_demo_runs_end_to_end(tmp_path):
     assert stages[-1].perplexity == stages[-2].perplexity  # reload is exact
     assert "val perplexity" in format_stages(stages)
     assert (tmp_path / "model" / "config.json").exists()
-
-
-@pytest.fixture
-def model_with_texts(gpt2, tmp_path):
-    model_dir = tmp_path / "dense"
-    gpt2.build().save_pretrained(model_dir)
-    word_tokenizer().save_pretrained(model_dir)
-    (tmp_path / "calib.txt").write_text("\n".join(word_texts(16, seed=1)))
-    (tmp_path / "eval.txt").write_text("\n".join(word_texts(8, seed=2)))
-    return model_dir, tmp_path / "calib.txt", tmp_path / "eval.txt"
 
 
 def test_compress_sweep_solvers_and_budgets(model_with_texts, tmp_path, capsys):

@@ -6,8 +6,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-from ..conftest import word_texts, word_tokenizer
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,16 +16,12 @@ def _load_script():
     return module
 
 
-def test_fewshot_eval_table(gpt2, tmp_path):
-    model_dir = tmp_path / "model"
-    gpt2.build().save_pretrained(model_dir)
-    word_tokenizer().save_pretrained(model_dir)
-    (tmp_path / "calib.txt").write_text("\n".join(word_texts(12, seed=1)))
-    (tmp_path / "eval.txt").write_text("\n".join(word_texts(6, seed=2)))
+def test_fewshot_eval_table(model_with_texts, tmp_path):
+    model_dir, calib, held_out = model_with_texts
     rows = _load_script().main([
         "--model_name_or_path", str(model_dir), "--task", str(ROOT / "tests" / "fixtures" / "fewshot_task.jsonl"),
         "--shots", "0", "2", "--solvers", "svd", "svd-llm", "--param_ratios", "0.4",
-        "--calibration_file", str(tmp_path / "calib.txt"), "--eval_text", str(tmp_path / "eval.txt"),
+        "--calibration_file", str(calib), "--eval_text", str(held_out),
         "--output", str(tmp_path / "table.md")])
     assert [(r["solver"], r["param_ratio"]) for r in rows] == [("dense", 1.0), ("svd", 0.4), ("svd-llm", 0.4)]
     assert rows[1]["params"] < rows[0]["params"]
