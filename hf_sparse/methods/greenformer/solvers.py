@@ -45,8 +45,7 @@ def svd_factors(weight: torch.Tensor, rank: int, algorithm: str = "exact", num_i
         vh = v.mT
     else:
         raise ValueError(f"svd algorithm must be 'exact' or 'randomized', got {algorithm!r}")
-    root = s[:rank].sqrt()
-    return u[:, :rank] * root, root[:, None] * vh[:rank]
+    return Decomposition(u, s, vh).factors(rank)
 
 
 def random_factors(shape: tuple[int, int], rank: int, weight_std: float, device: torch.device | str = "cpu",

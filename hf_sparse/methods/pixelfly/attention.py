@@ -31,14 +31,23 @@ def implementation_name(block_size: int, n_factors: int) -> str:
     return f"{NAME_PREFIX}_b{block_size}_f{n_factors}"
 
 
+def grid_factors(n_blocks: int) -> int:
+    """Factors of the smallest power-of-two grid holding ``n_blocks`` sequence blocks (``ceil(log2 nb)``)."""
+    return max(0, math.ceil(math.log2(max(n_blocks, 1))))
+
+
+def layout_offsets(n_blocks: int, n_factors: int) -> list[int]:
+    """XOR offsets of the flat butterfly over ``n_blocks`` sequence blocks, ``n_factors`` capped by the grid."""
+    return butterfly_offsets(min(n_factors, grid_factors(n_blocks)))
+
+
 def block_partners(n_blocks: int, n_factors: int, device: torch.device,
                    offsets: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(partners (nb, K), valid (nb, K))``: key blocks ``i XOR d`` of each query block (clamped where they
     fall past the last block, and marked invalid there). The offsets are the flat butterfly's, ``n_factors``
     capped by the grid size, unless given explicitly (``range(grid)`` is the dense layout)."""
-    grid = 1 << max(0, math.ceil(math.log2(max(n_blocks, 1))))
     if offsets is None:
-        offsets = butterfly_offsets(min(n_factors, int(math.log2(grid))))
+        offsets = layout_offsets(n_blocks, n_factors)
     partners = torch.arange(n_blocks, device=device)[:, None] ^ torch.tensor(offsets, device=device)[None, :]
     valid = partners < n_blocks
     return partners.clamp(max=n_blocks - 1), valid
@@ -183,8 +192,7 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
         pad = (0, 0, 0, tp - t)
         query, key, value = F.pad(query, pad), F.pad(key, pad), F.pad(value, pad)
     if offsets is None:
-        grid = 1 << max(0, math.ceil(math.log2(nb)))
-        offsets = butterfly_offsets(min(n_factors, int(math.log2(grid))))
+        offsets = layout_offsets(nb, n_factors)
     mask = None
     if attention_mask is not None:
         mask = attention_mask

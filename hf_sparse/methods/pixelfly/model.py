@@ -48,8 +48,7 @@ def attention_factors(model: nn.Module, config: PixelflyConfig) -> int:
         raise ValueError("attention_n_factors=None needs the model config's max_position_embeddings (or n_positions) "
                          "to pick the attention density; set attention_n_factors explicitly")
     blocks = math.ceil(max_len / config.attention_block_size)
-    grid_factors = max(0, math.ceil(math.log2(max(blocks, 1))))
-    return max(0, min(round(config.density * blocks) - 1, grid_factors))
+    return max(0, min(round(config.density * blocks) - 1, butterfly_attention.grid_factors(blocks)))
 
 
 def check_attention_support(model: nn.Module) -> None:
