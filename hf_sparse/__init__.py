@@ -18,6 +18,7 @@ from .methods.greenformer import CED, LED, GreenformerConfig
 from .methods.pixelfly import PixelflyConfig, PixelflyLinear, flat_block_butterfly_layout
 from .quantizer import SparseHfQuantizer, register
 from .summary import SparsitySummary, summary
+from .training import SparseCallback, SparseTrainer
 
 register()
 
@@ -36,7 +37,9 @@ __all__ = [
     "SparseAutoModelForMaskedLM",
     "SparseAutoModelForSequenceClassification",
     "SparseHfQuantizer",
+    "SparseCallback",
     "SparseLayer",
+    "SparseTrainer",
     "SparsityConfig",
     "SparsitySummary",
     "apply_plan",

@@ -96,6 +96,9 @@ class SparsityConfig(QuantizationConfigMixin):
     method: ClassVar[str] = ""
     #: names of the method-specific fields, in ``to_dict`` order (subclasses extend it)
     fields: ClassVar[tuple[str, ...]] = ()
+    #: True for methods whose structure is decided during training (Cuttlefish): converting may leave the
+    #: model unchanged and a saved model may carry an empty plan (it reloads as the dense model + schedule)
+    structure_set_in_training: ClassVar[bool] = False
 
     def __init__(self, target_modules: list[str] | str | None = None,
                  modules_to_not_convert: list[str] | str | None = None,

@@ -202,7 +202,7 @@ def sparsify(model: nn.Module, config: SparsityConfig | dict | list | str | os.P
             if name in built:
                 replacements[name] = built[name]
                 cfg.plan[name] = built[name].to_spec()
-    if not replacements:
+    if not replacements and not all(cfg.structure_set_in_training for cfg in config.configs):
         logger.warning("sparsify: no module of %s was converted (every target was skipped); the model is unchanged",
                        type(model).__name__)
     merged = _merge(model, get_sparsity_config(model), config)  # before the swap: judges the old layers
@@ -243,6 +243,9 @@ def apply_plan(model: nn.Module, config: SparsityConfig, device: torch.device | 
     exist and match the plan's shapes; otherwise ``PlanError`` and the model is untouched.
     """
     plan = config.plan
+    if not plan and all(cfg.structure_set_in_training for cfg in config.configs):
+        set_sparsity_config(model, config)  # saved before its training schedule changed anything
+        return model
     if not plan:
         raise PlanError("the sparsity config carries an empty plan: nothing describes how this checkpoint was "
                         "compressed; re-save it with hf-sparse or load it without quantization_config")

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from .config import SparsityConfig
     from .layers import SparseLayer
+    from .training.schedule import TrainingSchedule
 
 #: method name -> config class (``"greenformer"`` -> ``GreenformerConfig``)
 CONFIG_CLASSES: dict[str, type[SparsityConfig]] = {}
@@ -32,6 +33,8 @@ FINALIZERS: dict[str, Callable[[nn.Module, SparsityConfig], None]] = {}
 UNDO_FINALIZERS: dict[str, Callable[[nn.Module, SparsityConfig], None]] = {}
 #: layer class name as written in a plan -> class
 LAYER_CLASSES: dict[str, type[SparseLayer]] = {}
+#: method name -> ``TrainingSchedule`` subclass run by ``SparseTrainer`` for configs of that method
+SCHEDULES: dict[str, type[TrainingSchedule]] = {}
 
 
 def register_config(method: str):
@@ -74,5 +77,16 @@ def register_finalizer(method: str, undo: Callable[[nn.Module, SparsityConfig], 
         if undo is not None:
             UNDO_FINALIZERS[method] = undo
         return fn
+
+    return wrap
+
+
+def register_schedule(method: str):
+    """Class decorator: run this ``TrainingSchedule`` subclass during training for configs of ``method``."""
+
+    def wrap(cls):
+        cls.method = method
+        SCHEDULES[method] = cls
+        return cls
 
     return wrap

@@ -1,3 +1,3 @@
 """Sparsity methods. Importing a method package registers its config, converter and layers."""
 
-from . import greenformer, pixelfly  # noqa: F401
+from . import cuttlefish, dst, greenformer, pixelfly  # noqa: F401
