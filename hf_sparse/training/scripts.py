@@ -1,0 +1,80 @@
+"""Pieces shared by the example training scripts (``examples/run_glue.py``, ``examples/run_clm.py``): the
+``--sparsity_config`` argument, compressing the model before training with a before/after report, and
+saving / pushing the result at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from transformers import Trainer
+
+from ..config import as_sparsity_config
+from ..inject import get_sparsity_config, sparsify
+from ..summary import count_parameters, summary
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "sparsity_report.json"
+
+
+@dataclass
+class SparsityArguments:
+    """Command-line arguments of the example scripts for hf-sparse (parsed by ``HfArgumentParser``)."""
+
+    sparsity_config: str | None = field(default=None, metadata={
+        "help": "a sparsity config: path to a JSON file or inline JSON, one method ({\"method\": "
+                "\"greenformer\", ...}) or a list of methods with disjoint targets; omit to train dense"})
+    base_model_name: str | None = field(default=None, metadata={
+        "help": "base model named in the model card when pushing (default: --model_name_or_path)"})
+
+
+def compress(model: nn.Module, sparsity_args: SparsityArguments) -> dict[str, Any]:
+    """Apply ``--sparsity_config`` to ``model`` in place (schedules such as Cuttlefish / DST-EE attach and
+    run later inside ``SparseTrainer``). Returns the before/after report; ``ValueError`` for a bad config,
+    before the model changes."""
+    before = count_parameters(model)
+    report: dict[str, Any] = {"params_before": before}
+    if sparsity_args.sparsity_config:
+        config = as_sparsity_config(sparsity_args.sparsity_config)
+        sparsify(model, config)
+        report["methods"] = [cfg.method for cfg in config.configs]
+    report["params_after_compression"] = count_parameters(model)
+    return report
+
+
+def finish(trainer: Trainer, report: dict[str, Any], metrics: dict[str, float], tokenizer: Any = None,
+           base_model: str | None = None, dataset: str | None = None) -> dict[str, Any]:
+    """After training: record the final size (schedules may have changed it), the eval metrics and the
+    per-module summary in ``output_dir/sparsity_report.json``, print them, and push to the Hub with a
+    generated model card when ``--push_to_hub`` is set (``--hub_model_id`` names the repo)."""
+    model = trainer.model
+    report = {**report, "params_after": count_parameters(model), "metrics": metrics}
+    if get_sparsity_config(model) is not None:
+        table = summary(model)
+        report["summary"] = table.to_dict()
+        if trainer.is_world_process_zero():
+            print(table)
+    before, after = report["params_before"], report["params_after"]
+    if trainer.is_world_process_zero():
+        print(f"parameters: {before:,} -> {after:,} ({after / before:.1%})")
+        for key, value in metrics.items():
+            print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if trainer.args.should_save:
+        os.makedirs(trainer.args.output_dir, exist_ok=True)
+        with open(os.path.join(trainer.args.output_dir, REPORT_NAME), "w") as f:
+            json.dump(report, f, indent=2)
+    if trainer.args.push_to_hub and trainer.is_world_process_zero():
+        from ..hub import push_to_hub
+
+        repo_id = trainer.args.hub_model_id or os.path.basename(os.path.abspath(trainer.args.output_dir))
+        eval_results = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        info = push_to_hub(model, repo_id, tokenizer=tokenizer, base_model=base_model, dataset=dataset,
+                           eval_results=eval_results, private=trainer.args.hub_private_repo,
+                           token=trainer.args.hub_token)
+        logger.info("pushed to %s", info)
+    return report
