@@ -73,6 +73,9 @@ class TrainingSchedule:
     """
 
     method: str = ""
+    #: True if the schedule may return a ``Restructure`` (swap modules mid-run); ``SparseTrainer`` refuses such
+    #: schedules under FSDP / DeepSpeed, whose sharded parameters cannot be swapped between steps
+    restructures: bool = False
 
     def __init__(self, model: nn.Module, config: SparsityConfig) -> None:
         self.config = config

@@ -150,6 +150,11 @@ class SparseTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sparse_callback = SparseCallback(self.model, trainer=self)
+        sharded = "FSDP" if self.is_fsdp_enabled else "DeepSpeed" if self.is_deepspeed_enabled else None
+        restructuring = [s.method for s in self.sparse_callback.schedules if s.restructures]
+        if sharded and restructuring:
+            raise ValueError(f"{', '.join(restructuring)} swaps modules during training, which SparseTrainer "
+                             f"cannot do under {sharded}; train with DDP (accelerate launch --multi_gpu) instead")
         self.add_callback(self.sparse_callback)
         self._rewrapped: nn.Module | None = None
 

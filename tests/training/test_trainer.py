@@ -39,6 +39,8 @@ class SwitchConfig(SparsityConfig):
 
 
 class SwitchSchedule(TrainingSchedule):
+    restructures = True
+
     def __init__(self, model: nn.Module, config: SwitchConfig) -> None:
         super().__init__(model, config)
         self.switched_at: int | None = None
