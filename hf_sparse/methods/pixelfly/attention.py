@@ -2,7 +2,8 @@
 
 Sequence positions are cut into blocks of ``block_size``; query block ``i`` attends to key blocks
 ``i XOR d`` for the flat-butterfly offsets ``d`` (the diagonal ``d = 0`` always), so each query reads
-``(1 + n_factors) * block_size`` keys and no ``T x T`` score matrix is formed. Causal and padding masks
+``(1 + n_factors) * block_size`` keys (plus the optional global blocks) and no ``T x T`` score matrix
+is formed. Causal and padding masks
 (the model's own, in the ``sdpa`` mask format) are applied on the gathered blocks. Sequences shorter than
 two blocks, and single-token decoding steps, use exact attention.
 """
@@ -27,8 +28,8 @@ NAME_PREFIX = "hf_sparse_butterfly"
 CHUNK_BYTES = 2**20
 
 
-def implementation_name(block_size: int, n_factors: int) -> str:
-    return f"{NAME_PREFIX}_b{block_size}_f{n_factors}"
+def implementation_name(block_size: int, n_factors: int, global_blocks: int = 0) -> str:
+    return f"{NAME_PREFIX}_b{block_size}_f{n_factors}" + (f"_g{global_blocks}" if global_blocks else "")
 
 
 def grid_factors(n_blocks: int) -> int:
@@ -64,17 +65,46 @@ class _BlockPairs:
     bias: torch.Tensor | None
 
 
-def _block_pairs(nb: int, block_size: int, t: int, offsets: list[int], is_causal: bool,
-                 mask: torch.Tensor | None, device: torch.device) -> list[_BlockPairs]:
+def layout_with_globals(n_blocks: int, offsets: list[int], global_blocks: int,
+                        device: torch.device | None = None) -> torch.Tensor:
+    """Block layout ``(nb, nb)`` bool: query block ``i`` reads key block ``j`` if ``i ^ j`` is an offset, or if
+    ``i`` or ``j`` is one of the first ``global_blocks`` blocks (global rows read everything, every row reads
+    the global columns). Causality is applied separately."""
+    blocks = torch.arange(n_blocks, device=device)
+    xor = blocks[:, None] ^ blocks[None, :]
+    layout = torch.isin(xor, torch.tensor(offsets, device=device))
+    if global_blocks:
+        layout[:global_blocks, :] = True
+        layout[:, :global_blocks] = True
+    return layout
+
+
+def _pair_indices(nb: int, offsets: list[int], is_causal: bool, global_blocks: int,
+                  device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(rows, cols)`` block index pairs, grouped so that rows are distinct within a group: one group per XOR
+    offset, then one per key block for the global blocks the offsets do not already cover."""
     blocks = torch.arange(nb, device=device)
-    offs = torch.arange(block_size, device=device)
-    pairs = []
+    groups = []
     for offset in offsets:
         partner = blocks ^ offset
         keep = (partner < nb) & ((partner <= blocks) if is_causal else True)
-        rows, cols = blocks[keep], partner[keep]
-        if rows.numel() == 0:
-            continue
+        if keep.any():
+            groups.append((blocks[keep], partner[keep]))
+    if global_blocks:
+        extra = layout_with_globals(nb, offsets, global_blocks, device) & ~layout_with_globals(nb, offsets, 0, device)
+        if is_causal:
+            extra &= torch.ones(nb, nb, dtype=torch.bool, device=device).tril()
+        for col in extra.any(0).nonzero().flatten().tolist():
+            rows = extra[:, col].nonzero().flatten()
+            groups.append((rows, torch.full_like(rows, col)))
+    return groups
+
+
+def _block_pairs(nb: int, block_size: int, t: int, offsets: list[int], is_causal: bool,
+                 mask: torch.Tensor | None, device: torch.device, global_blocks: int = 0) -> list[_BlockPairs]:
+    offs = torch.arange(block_size, device=device)
+    pairs = []
+    for rows, cols in _pair_indices(nb, offsets, is_causal, global_blocks, device):
         q_pos = (rows[:, None] * block_size + offs)[:, :, None]
         k_pos = (cols[:, None] * block_size + offs)[:, None, :]
         allowed = k_pos < t
@@ -175,11 +205,13 @@ class _ButterflyAttention(torch.autograd.Function):
 def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_size: int,
                         n_factors: int, is_causal: bool = False, attention_mask: torch.Tensor | None = None,
                         scaling: float | None = None, dropout: float = 0.0, training: bool = False,
-                        offsets: list[int] | None = None) -> torch.Tensor:
+                        offsets: list[int] | None = None, global_blocks: int = 0) -> torch.Tensor:
     """Block-butterfly softmax attention. ``query``, ``key``, ``value``: ``(B, H, T, D)`` (same ``T``);
     ``attention_mask``: None, or a bool (True = attend) / additive float mask broadcastable to
     ``(B, H, T, T)``. Returns ``(B, H, T, D)``. Memory and work grow as ``T * (1 + n_factors) * block_size``.
-    ``offsets`` overrides the XOR offsets of the layout (see :func:`block_partners`).
+    ``offsets`` overrides the XOR offsets of the layout (see :func:`block_partners`). ``global_blocks``: the
+    first blocks are global (they read every key block and every query block reads them), see
+    :func:`layout_with_globals`.
 
     One XOR offset at a time: offset ``d`` pairs query block ``i`` with key block ``i ^ d``, so its scores are
     one batched product over the block pairs that exist (with ``is_causal``, only those with ``i ^ d <= i``).
@@ -200,7 +232,7 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
             mask = F.pad(mask, (0, tp - t, 0, tp - t), value=False if mask.dtype == torch.bool else 0.0)
         mask = mask.expand(mask.shape[0], mask.shape[1], tp, tp)
     scale = scaling if scaling is not None else 1 / math.sqrt(d)
-    pairs = _block_pairs(nb, block_size, t, offsets, is_causal, mask, query.device)
+    pairs = _block_pairs(nb, block_size, t, offsets, is_causal, mask, query.device, min(global_blocks, nb))
     per_block = b * h * block_size * block_size * 4  # bytes of one query block's scores (float32)
     pairs = _chunked(pairs, max(1, CHUNK_BYTES // per_block))
     q_b, k_b, v_b = (x.reshape(b, h, nb, block_size, d) for x in (query, key, value))
@@ -214,7 +246,8 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 def butterfly_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                                 attention_mask: torch.Tensor | None, dropout: float = 0.0,
                                 scaling: float | None = None, is_causal: bool | None = None, *,
-                                block_size: int, n_factors: int, **kwargs) -> tuple[torch.Tensor, None]:
+                                block_size: int, n_factors: int, global_blocks: int = 0,
+                                **kwargs) -> tuple[torch.Tensor, None]:
     """transformers attention function: ``(B, H, T, D)`` inputs -> ``((B, T, H, D), None)``."""
     q_len, kv_len = query.shape[2], key.shape[2]
     if q_len != kv_len or q_len < 2 * block_size or kwargs.get("position_bias") is not None:
@@ -226,15 +259,15 @@ def butterfly_attention_forward(module: nn.Module, query: torch.Tensor, key: tor
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     out = butterfly_attention(query, key, value, block_size, n_factors, is_causal=causal and attention_mask is None,
                               attention_mask=attention_mask, scaling=scaling, dropout=dropout,
-                              training=module.training)
+                              training=module.training, global_blocks=global_blocks)
     return out.transpose(1, 2).contiguous(), None
 
 
-def register(block_size: int, n_factors: int) -> str:
+def register(block_size: int, n_factors: int, global_blocks: int = 0) -> str:
     """Register the attention function (and the ``sdpa`` mask format for it); returns its name."""
-    name = implementation_name(block_size, n_factors)
+    name = implementation_name(block_size, n_factors, global_blocks)
     if name not in AttentionInterface._global_mapping:
         AttentionInterface.register(name, functools.partial(butterfly_attention_forward, block_size=block_size,
-                                                            n_factors=n_factors))
+                                                            n_factors=n_factors, global_blocks=global_blocks))
         AttentionMaskInterface.register(name, sdpa_mask)
     return name

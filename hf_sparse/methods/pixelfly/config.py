@@ -36,15 +36,20 @@ class PixelflyConfig(SparsityConfig):
         attention_n_factors: butterfly factors of the attention layout (each query block reads ``1 + n``
             key blocks); None: chosen so the density at the model's maximum length follows ``density``
             (recorded in the saved config).
+        attention_global_blocks: number of leading sequence blocks made global (they read every key block and
+            every query block reads them, within the causal mask), as in the paper's optional global
+            rows/columns; 0 (default) for the pure butterfly layout.
     """
 
     fields: ClassVar[tuple[str, ...]] = ("density", "block_size", "lowrank_fraction", "n_factors", "butterfly_size",
-                                         "gating", "init", "attention", "attention_block_size", "attention_n_factors")
+                                         "gating", "init", "attention", "attention_block_size", "attention_n_factors",
+                                         "attention_global_blocks")
 
     def __init__(self, density: float = 0.25, block_size: int = 32, lowrank_fraction: float = 0.25,
                  n_factors: int | None = None, butterfly_size: int | None = None, gating: str = "scalar",
                  init: str = "auto", attention: bool = False, attention_block_size: int = 64,
-                 attention_n_factors: int | None = None, target_modules: list[str] | str | None = None,
+                 attention_n_factors: int | None = None, attention_global_blocks: int = 0,
+                 target_modules: list[str] | str | None = None,
                  modules_to_not_convert: list[str] | str | None = None,
                  plan: dict[str, dict[str, Any]] | None = None, format_version: int = FORMAT_VERSION) -> None:
         check_type("density", density, (int, float), "a float in (0, 1)")
@@ -70,7 +75,10 @@ class PixelflyConfig(SparsityConfig):
         if attention_n_factors is not None:
             check_type("attention_n_factors", attention_n_factors, int, "None or an int >= 0")
             check_range("attention_n_factors", attention_n_factors, 0, 30)
+        check_type("attention_global_blocks", attention_global_blocks, int, "an int >= 0")
+        check_range("attention_global_blocks", attention_global_blocks, 0, 65536)
         self.attention = attention
+        self.attention_global_blocks = attention_global_blocks
         self.attention_block_size = attention_block_size
         self.attention_n_factors = attention_n_factors
         self.density = float(density)

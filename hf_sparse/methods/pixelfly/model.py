@@ -70,7 +70,8 @@ def finalize(model: nn.Module, config: PixelflyConfig) -> None:
     """Switch the model to butterfly attention when the config asks for it (also on reload)."""
     if config.attention:
         model.set_attn_implementation(butterfly_attention.register(config.attention_block_size,
-                                                                   config.attention_n_factors))
+                                                                   config.attention_n_factors,
+                                                                   config.attention_global_blocks))
 
 
 @register_converter("pixelfly", is_eligible)

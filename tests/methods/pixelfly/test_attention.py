@@ -116,3 +116,41 @@ def test_memory_lean_backward_matches_autograd(case):
     pairs = att._block_pairs(nb, 4, t, [0, 1, 2], kwargs["is_causal"], full_mask, q.device)
     reference = att._attend(*blocks, pairs, 0.5)[0].reshape(1, 2, nb * 4, 4)[:, :, :t]
     assert torch.allclose(out, reference)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_global_blocks_equal_masked_dense_attention(causal):
+    from hf_sparse.methods.pixelfly.attention import layout_offsets, layout_with_globals
+
+    t, bs, nf, g = 60, 4, 1, 2
+    q, k, v = (x.requires_grad_() for x in _qkv(t, seed=3))
+    nb = -(-t // bs)
+    layout = layout_with_globals(nb, layout_offsets(nb, nf), g)
+    assert layout[:g].all() and layout[:, :g].all() and not layout.all()
+    keep = layout.repeat_interleave(bs, 0).repeat_interleave(bs, 1)[:t, :t]
+    if causal:
+        keep = keep & torch.ones(t, t, dtype=torch.bool).tril()
+    out = butterfly_attention(q, k, v, bs, nf, is_causal=causal, global_blocks=g)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    torch.testing.assert_close(out, ref)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want)
+    # without globals the same call differs (the globals really add blocks)
+    assert not torch.allclose(out, butterfly_attention(q, k, v, bs, nf, is_causal=causal))
+
+
+def test_global_blocks_config_round_trip_and_model(gpt2, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(ValueError, match="attention_global_blocks"):
+        PixelflyConfig(attention=True, attention_global_blocks=-1)
+    model = sparsify(gpt2.build(), PixelflyConfig(block_size=8, attention=True, attention_block_size=4,
+                                                  attention_n_factors=1, attention_global_blocks=1))
+    assert model.config._attn_implementation.endswith("_g1")
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert get_sparsity_config(reloaded).attention_global_blocks == 1
+    ids = torch.randint(1, 64, (2, 24))
+    torch.testing.assert_close(reloaded(ids).logits, model.eval()(ids).logits)
