@@ -155,20 +155,28 @@ def _attend(q_b: torch.Tensor, k_b: torch.Tensor, v_b: torch.Tensor, pairs: list
     row_max = torch.full((b, h, nb, bs), float("-inf"), device=q_b.device, dtype=dtype)
     row_sum = torch.zeros(b, h, nb, bs, device=q_b.device, dtype=dtype)
     out = torch.zeros(b, h, nb, bs, d, device=q_b.device, dtype=dtype)
+    # Without autograd (the custom Function's forward) the accumulators are updated in place; under autograd
+    # (the dropout path) each update makes a new tensor so the graph keeps the old values.
+    in_place = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q_b, k_b, v_b)))
+
+    def put(acc: torch.Tensor, rows: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return acc.index_copy_(2, rows, value) if in_place else acc.index_copy(2, rows, value)
+
     for pair in pairs:
-        rows = pair.rows  # distinct within one offset
+        rows = pair.rows  # distinct within one group
         scores = _scores(q_b, k_b, pair, scale)
         new_max = torch.maximum(row_max[:, :, rows], scores.detach().amax(-1))
         shift = new_max.nan_to_num(0.0, neginf=0.0)
         rescale = torch.exp(row_max[:, :, rows] - shift)  # 0 where nothing was seen yet
         weights = torch.exp(scores - shift[..., None])
-        row_sum = row_sum.index_copy(2, rows, row_sum[:, :, rows] * rescale + weights.sum(-1))
+        row_sum = put(row_sum, rows, row_sum[:, :, rows] * rescale + weights.sum(-1))
         if dropout:  # on the attention probabilities (the normalizer is unaffected)
             weights = F.dropout(weights, p=dropout)
         update = out[:, :, rows] * rescale[..., None] + torch.matmul(weights, v_b[:, :, pair.cols].to(dtype))
-        out = out.index_copy(2, rows, update)
-        row_max = row_max.index_copy(2, rows, new_max)
-    out = out / row_sum.clamp_min(torch.finfo(dtype).tiny)[..., None]
+        out = put(out, rows, update)
+        row_max = put(row_max, rows, new_max)
+    norm = row_sum.clamp_min(torch.finfo(dtype).tiny)[..., None]
+    out = out.div_(norm) if in_place else out / norm
     return out, row_max.nan_to_num(0.0, neginf=0.0) + row_sum.log()
 
 
@@ -188,7 +196,7 @@ class _ButterflyAttention(torch.autograd.Function):
         q_b, k_b, v_b, out, lse = ctx.saved_tensors
         scale, pairs = ctx.scale, ctx.pairs
         grad_out = grad_out.to(out.dtype)
-        delta = (grad_out * out).sum(-1)  # (B, H, nb, bs)
+        delta = torch.matmul(grad_out.unsqueeze(-2), out.unsqueeze(-1))[..., 0, 0]  # (B, H, nb, bs), no temp
         dq, dk, dv = (torch.zeros(t.shape, dtype=out.dtype, device=t.device) for t in (q_b, k_b, v_b))
         for pair in pairs:
             rows, cols = pair.rows, pair.cols
@@ -240,7 +248,8 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
         out = _attend(q_b, k_b, v_b, pairs, scale, dropout)[0].to(value.dtype)
     else:
         out = _ButterflyAttention.apply(q_b, k_b, v_b, scale, pairs)
-    return out.reshape(b, h, tp, d)[:, :, :t]
+    out = out.reshape(b, h, tp, d)
+    return out if tp == t else out[:, :, :t]  # a no-op slice would still copy the gradient in backward
 
 
 def butterfly_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
