@@ -12,6 +12,7 @@ from .auto import (
     SparseAutoModelForSequenceClassification,
 )
 from .config import ComposedSparsityConfig, SparsityConfig
+from .hub import create_model_card, push_to_hub
 from .inject import apply_plan, densify, get_sparsity_config, sparse_layers, sparsify
 from .layers import PlanError, SparseLayer
 from .methods.greenformer import CED, LED, GreenformerConfig
@@ -43,8 +44,10 @@ __all__ = [
     "SparsityConfig",
     "SparsitySummary",
     "apply_plan",
+    "create_model_card",
     "densify",
     "flat_block_butterfly_layout",
+    "push_to_hub",
     "get_sparsity_config",
     "sparse_layers",
     "sparsify",

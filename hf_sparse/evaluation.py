@@ -1,5 +1,6 @@
 """Evaluation: causal-LM perplexity (``perplexity``, ``perplexity_of_blocks``) and in-context k-shot
-multiple-choice accuracy (``fewshot_accuracy`` on JSONL tasks)."""
+multiple-choice accuracy (``fewshot_accuracy`` on JSONL tasks); lm-eval tasks on an in-memory model
+(``lm_eval_tasks``, needs the optional ``lm-eval`` package)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,85 @@ def fewshot_accuracy(model: nn.Module, tokenizer, examples: list[dict[str, Any]]
     finally:
         model.train(was_training)
     return correct / len(examples)
+
+
+# --------------------------------------------------------------------------------------------- lm-eval
+LM_EVAL_INSTALL = 'pip install "hf-sparse[eval]"'
+
+
+def require_lm_eval():
+    """``(lm_eval, HFLM, TaskManager)``; an ``ImportError`` naming ``pip install "hf-sparse[eval]"`` when lm-eval
+    is not installed."""
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise ImportError(f"running lm-eval tasks needs the lm-eval package ({err}); install it with: "
+                          f"{LM_EVAL_INSTALL}") from err
+    return lm_eval, HFLM, TaskManager
+
+
+def _include_dirs(include_path: str | os.PathLike | list | tuple | None) -> list[str]:
+    """Directories of local lm-eval task YAMLs (a YAML file stands for its directory)."""
+    if include_path is None:
+        return []
+    paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path)
+    dirs = []
+    for path in paths:
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise ValueError(f"lm-eval include path {path!r} does not exist (a directory of task YAML files, or one "
+                             "task YAML file)")
+        folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        if folder not in dirs:
+            dirs.append(folder)
+    return dirs
+
+
+def lm_eval_tasks(model: nn.Module, tokenizer, tasks: list[str] | str, num_fewshot: int = 0,
+                  include_path: str | os.PathLike | list | None = None, limit: int | float | None = None,
+                  batch_size: int = 1, **simple_evaluate_kwargs: Any) -> dict[str, dict[str, float]]:
+    """Evaluate an in-memory causal LM on lm-eval tasks: ``lm_eval.simple_evaluate`` on
+    ``HFLM(pretrained=model, tokenizer=tokenizer)``.
+
+    ``include_path``: directories (or YAML files) of local task configs, registered with
+    ``lm_eval.tasks.TaskManager(include_path=...)``. ``limit``: at most that many documents per task (a float in
+    (0, 1): that fraction). Returns ``{task: {metric: value}}`` with lm-eval's ``"metric,filter"`` keys shortened
+    to ``"metric"`` for the default filter (``"metric (filter)"`` otherwise), standard errors as
+    ``"<metric>_stderr"``. Raises ``ImportError`` (naming ``pip install "hf-sparse[eval]"``) without lm-eval.
+    """
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if not isinstance(tasks, (list, tuple)) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+        raise ValueError(f"tasks must be a non-empty list of lm-eval task names, got {tasks!r}")
+    if isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0:
+        raise ValueError(f"num_fewshot must be an int >= 0, got {num_fewshot!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise ValueError(f"limit must be None, a positive int (documents per task) or a fraction in (0, 1), "
+                         f"got {limit!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    dirs = _include_dirs(include_path)
+    lm_eval, HFLM, TaskManager = require_lm_eval()
+    manager = TaskManager(include_path=dirs) if dirs else TaskManager()
+    was_training = model.training
+    try:
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        output = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
+                                         task_manager=manager, **simple_evaluate_kwargs)
+    finally:
+        model.train(was_training)
+    if output is None:  # lm-eval returns results on rank 0 only
+        return {}
+    return {task: _lm_eval_metrics(values) for task, values in output.get("results", {}).items()}
+
+
+def _lm_eval_metrics(values: dict[str, Any]) -> dict[str, float]:
+    metrics = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or key == "alias":
+            continue  # "alias", "N/A" stderrs, sample counts as strings
+        name, _, filter_name = key.partition(",")
+        metrics[name if filter_name in ("", "none") else f"{name} ({filter_name})"] = float(value)
+    return metrics

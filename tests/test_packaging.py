@@ -1,4 +1,5 @@
-"""Packaging: kernels/ ships as hf_sparse.kernels, never as a top-level `kernels` module."""
+"""Packaging: kernels/ ships as hf_sparse.kernels, never as a top-level `kernels` module; the model card templates
+ship as hf_sparse.model_cards."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ def test_no_top_level_kernels_module_from_a_neutral_directory(tmp_path):
 def test_console_script_is_declared():
     scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
     assert scripts.get("hf-sparse") == "hf_sparse.cli:main"
+
+
+
+def test_model_card_templates_ship_with_the_package():
+    from importlib import resources
+
+    assert resources.files("hf_sparse.model_cards").joinpath("model_card.md.jinja").is_file()
+    # a regular (wheel) install lists its files in RECORD; an editable install or a stray egg-info does not
+    records = [dist.read_text("RECORD") or "" for dist in importlib.metadata.distributions(name="hf-sparse")]
+    for record in [r for r in records if "hf_sparse/__init__.py," in r]:
+        assert "hf_sparse/model_cards/model_card.md.jinja," in record
+        assert "\nmodel_cards/" not in "\n" + record
