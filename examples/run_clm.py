@@ -37,7 +37,7 @@ from transformers import (
 
 import hf_sparse  # noqa: F401  (registers the hf_sparse quantization method)
 from hf_sparse import SparseTrainer
-from hf_sparse.training.scripts import SparsityArguments, compress, finish
+from hf_sparse.training.scripts import SparsityArguments, compress, finish, take_push_to_hub
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None):
     if training_args.do_train and len(train) == 0:
         raise ValueError(f"the training data is shorter than one block of {block_size} tokens: lower --block_size")
 
+    push = take_push_to_hub(training_args)
     trainer = SparseTrainer(model=model, args=training_args, train_dataset=train if training_args.do_train else None,
                             eval_dataset=evaluation if training_args.do_eval else None, processing_class=tokenizer,
                             data_collator=default_data_collator)
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None):
     finish(trainer, report, metrics, tokenizer=tokenizer,
            base_model=None if model_args.from_scratch else (sparsity_args.base_model_name
                                                             or model_args.model_name_or_path),
-           dataset=dataset)
+           dataset=dataset, push=push)
     return trainer
 
 

@@ -34,7 +34,7 @@ from transformers import (
 
 import hf_sparse  # noqa: F401  (registers the hf_sparse quantization method)
 from hf_sparse import SparseTrainer
-from hf_sparse.training.scripts import SparsityArguments, compress, finish
+from hf_sparse.training.scripts import SparsityArguments, compress, finish, take_push_to_hub
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None):
     if evaluation is not None and data_args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(len(evaluation), data_args.max_eval_samples)))
 
+    push = take_push_to_hub(training_args)
     trainer = SparseTrainer(model=model, args=training_args, train_dataset=train if training_args.do_train else None,
                             eval_dataset=evaluation, processing_class=tokenizer,
                             data_collator=DataCollatorWithPadding(tokenizer),
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None):
         trainer.save_metrics("eval", metrics)
     dataset = f"glue/{data_args.task_name}" if data_args.task_name else None
     finish(trainer, report, metrics, tokenizer=tokenizer,
-           base_model=sparsity_args.base_model_name or model_args.model_name_or_path, dataset=dataset)
+           base_model=sparsity_args.base_model_name or model_args.model_name_or_path, dataset=dataset, push=push)
     return trainer
 
 

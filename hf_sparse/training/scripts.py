@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 from ..config import as_sparsity_config
 from ..inject import get_sparsity_config, sparsify
@@ -47,11 +47,21 @@ def compress(model: nn.Module, sparsity_args: SparsityArguments) -> dict[str, An
     return report
 
 
+def take_push_to_hub(args: TrainingArguments) -> bool:
+    """Whether ``--push_to_hub`` was given, switching the Trainer's own push off: the scripts push once at the
+    end with :func:`hf_sparse.push_to_hub` (hf-sparse model card, eval results) instead of the Trainer's
+    push at every save. Call before building the trainer."""
+    push = bool(args.push_to_hub)
+    args.push_to_hub = False
+    return push
+
+
 def finish(trainer: Trainer, report: dict[str, Any], metrics: dict[str, float], tokenizer: Any = None,
-           base_model: str | None = None, dataset: str | None = None) -> dict[str, Any]:
+           base_model: str | None = None, dataset: str | None = None, push: bool = False) -> dict[str, Any]:
     """After training: record the final size (schedules may have changed it), the eval metrics and the
-    per-module summary in ``output_dir/sparsity_report.json``, print them, and push to the Hub with a
-    generated model card when ``--push_to_hub`` is set (``--hub_model_id`` names the repo)."""
+    per-module summary in ``output_dir/sparsity_report.json``, print them, and, with ``push`` (see
+    :func:`take_push_to_hub`), upload to the Hub with a generated model card (``--hub_model_id`` names the
+    repo, default: the output folder's name)."""
     model = trainer.model
     report = {**report, "params_after": count_parameters(model), "metrics": metrics}
     if get_sparsity_config(model) is not None:
@@ -68,11 +78,14 @@ def finish(trainer: Trainer, report: dict[str, Any], metrics: dict[str, float], 
         os.makedirs(trainer.args.output_dir, exist_ok=True)
         with open(os.path.join(trainer.args.output_dir, REPORT_NAME), "w") as f:
             json.dump(report, f, indent=2)
-    if trainer.args.push_to_hub and trainer.is_world_process_zero():
+    if push and trainer.is_world_process_zero():
         from ..hub import push_to_hub
 
         repo_id = trainer.args.hub_model_id or os.path.basename(os.path.abspath(trainer.args.output_dir))
-        eval_results = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        eval_results = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"
+                        and not k.endswith(("_runtime", "_per_second"))}
+        if base_model is not None and os.path.isdir(base_model):
+            base_model = None  # a local directory is not a Hub id the card could link to
         info = push_to_hub(model, repo_id, tokenizer=tokenizer, base_model=base_model, dataset=dataset,
                            eval_results=eval_results, private=trainer.args.hub_private_repo,
                            token=trainer.args.hub_token)

@@ -119,3 +119,30 @@ def test_run_glue_ddp_two_processes_identical_weights(glue_data, tmp_path):
     initial = AutoModelForSequenceClassification.from_pretrained(glue_data[0]).state_dict()
     moved = initial["bert.embeddings.word_embeddings.weight"] - weights[0]["bert.embeddings.word_embeddings.weight"]
     assert moved.abs().max() > 0  # both ranks trained (not just equal at init)
+
+
+def test_run_glue_push_to_hub_uploads_model_and_card(glue_data, tmp_path):
+    from unittest import mock
+
+    from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
+
+    uploads = []
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        folder = Path(folder_path)
+        uploads.append({"repo_id": repo_id, "files": sorted(p.name for p in folder.iterdir()),
+                        "card": ModelCard.load(folder / "README.md"), "private": kwargs})
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/1", commit_message="m",
+                          commit_description="", oid="1")
+
+    with mock.patch.object(HfApi, "create_repo", autospec=True,
+                           side_effect=lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}")), \
+            mock.patch.object(HfApi, "upload_folder", autospec=True, side_effect=upload_folder):
+        load_script().main(args_for(glue_data, tmp_path / "out", '{"method": "greenformer", "rank": 4}',
+                                    "--push_to_hub", "--hub_model_id", "me/tiny-bert-gf"))
+    assert len(uploads) == 1 and uploads[0]["repo_id"] == "me/tiny-bert-gf"
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(uploads[0]["files"])
+    card = uploads[0]["card"]
+    assert "hf-sparse" in card.data.tags and "greenformer" in card.data.tags
+    assert card.data.base_model is None  # a local directory is not a Hub id
+    assert "eval_accuracy" in card.text and "eval_runtime" not in card.text
