@@ -15,6 +15,7 @@ from .config import ComposedSparsityConfig, SparsityConfig
 from .hub import create_model_card, push_to_hub
 from .inject import apply_plan, densify, get_sparsity_config, sparse_layers, sparsify
 from .layers import PlanError, SparseLayer
+from .methods.dst import DSTEEConfig, MaskedConv, MaskedLinear, load_sparse, save_sparse
 from .methods.greenformer import CED, LED, GreenformerConfig
 from .methods.pixelfly import PixelflyConfig, PixelflyLinear, flat_block_butterfly_layout
 from .quantizer import SparseHfQuantizer, register
@@ -28,7 +29,10 @@ __version__ = "0.1.0"
 __all__ = [
     "CED",
     "LED",
+    "MaskedConv",
+    "MaskedLinear",
     "ComposedSparsityConfig",
+    "DSTEEConfig",
     "GreenformerConfig",
     "PixelflyConfig",
     "PixelflyLinear",
@@ -48,7 +52,9 @@ __all__ = [
     "densify",
     "flat_block_butterfly_layout",
     "push_to_hub",
+    "save_sparse",
     "get_sparsity_config",
+    "load_sparse",
     "sparse_layers",
     "sparsify",
     "summary",

@@ -224,7 +224,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if sparsity is None:
         print(f"{model_dir}: no hf-sparse config (a dense model)", file=sys.stderr)
         return 1
-    report = summary_from_plan(sparsity.plan, _saved_parameter_count(model_dir))
+    report = summary_from_plan(sparsity.plan, _saved_parameter_count(model_dir, sparsity.plan))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     if args.plot:
         plot_plan(sparsity.plan, args.plot, title=str(model_dir))
@@ -232,8 +232,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved_parameter_count(model_dir: Path) -> int:
-    """Parameters stored in the directory's safetensors files (tied weights are stored once)."""
+def _saved_parameter_count(model_dir: Path, plan: dict[str, dict[str, Any]]) -> int:
+    """Parameters stored in the directory's safetensors files (tied weights are stored once), each planned
+    module counted at its layer class's ``params_and_flops`` instead of its stored tensors (a masked layer
+    stores a dense-shaped weight, its mask and counts)."""
+    from .registry import LAYER_CLASSES
+
+    prefixes = tuple(f"{name}." for name in plan)
     from safetensors import safe_open
 
     files = sorted(model_dir.glob("*.safetensors"))
@@ -243,12 +248,14 @@ def _saved_parameter_count(model_dir: Path) -> int:
     for path in files:
         with safe_open(str(path), framework="pt") as fh:
             for key in fh.keys():
+                if key.startswith(prefixes):
+                    continue
                 shape = fh.get_slice(key).get_shape()
                 count = 1
                 for dim in shape:
                     count *= dim
                 total += count
-    return total
+    return total + sum(LAYER_CLASSES[spec["class"]].params_and_flops(spec)[0] for spec in plan.values())
 
 
 def plot_plan(plan: dict[str, dict[str, Any]], path: str | Path, title: str = "", max_layouts: int = 8):

@@ -113,12 +113,23 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def effective_parameters(model: nn.Module, plan: dict[str, dict[str, Any]]) -> int:
+    """Unique parameters, each planned module counted at its layer class's ``params_and_flops`` (a masked
+    layer stores a dense-shaped weight of which only the active entries count)."""
+    planned: set[int] = set()
+    for name in plan:
+        planned |= {id(p) for p in model.get_submodule(name).parameters()}
+    unique = {id(p): p for p in model.parameters()}
+    return (sum(p.numel() for key, p in unique.items() if key not in planned)
+            + sum(LAYER_CLASSES[spec["class"]].params_and_flops(spec)[0] for spec in plan.values()))
+
+
 def summary(model: nn.Module) -> SparsitySummary:
     """Per-module rows (name, kind, shape, params and FLOPs/token before and after, rank or density) with
     whole-model totals. Works on any model ``sparsify`` converted or hf-sparse loaded."""
     config = get_sparsity_config(model)
     plan = config.plan if config is not None else {}
-    return summary_from_plan(plan, count_parameters(model))
+    return summary_from_plan(plan, effective_parameters(model, plan))
 
 
 def matmul_flops_per_token(model: nn.Module) -> int:
