@@ -15,6 +15,7 @@ from .config import ComposedSparsityConfig, SparsityConfig
 from .hub import create_model_card, push_to_hub
 from .inject import apply_plan, densify, get_sparsity_config, sparse_layers, sparsify
 from .layers import PlanError, SparseLayer
+from .methods.cuttlefish import CuttlefishConfig, CuttlefishSchedule, NormCED, NormLED
 from .methods.dst import DSTEEConfig, MaskedConv, MaskedLinear, load_sparse, save_sparse
 from .methods.greenformer import CED, LED, GreenformerConfig
 from .methods.pixelfly import PixelflyConfig, PixelflyLinear, flat_block_butterfly_layout
@@ -31,7 +32,11 @@ __all__ = [
     "LED",
     "MaskedConv",
     "MaskedLinear",
+    "NormCED",
+    "NormLED",
     "ComposedSparsityConfig",
+    "CuttlefishConfig",
+    "CuttlefishSchedule",
     "DSTEEConfig",
     "GreenformerConfig",
     "PixelflyConfig",

@@ -60,6 +60,7 @@ class SparseHfQuantizer(HfQuantizer):
         if self.pre_quantized:
             set_sparsity_config(model, self.quantization_config)
         else:
+            set_sparsity_config(model, None)  # transformers attached the bare settings; sparsify records the result
             sparsify(model, self.quantization_config)
             self.quantization_config = get_sparsity_config(model)
         return model
