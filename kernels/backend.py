@@ -7,14 +7,18 @@ available, else PyTorch; ``torch`` always uses PyTorch; ``triton`` requires the 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 
 import torch
 
 BACKENDS = ("auto", "torch", "triton")
-#: op name -> Triton implementation, filled by the kernel modules when they are importable
+#: op name -> Triton implementation, filled by the kernel modules when they are imported
 TRITON_KERNELS: dict[str, object] = {}
+#: op name -> module of this package that registers its kernel (imported on first use: ``triton.jit`` reads
+#: ``TRITON_INTERPRET`` when a kernel is defined, and CPU-only runs never need to import Triton)
+KERNEL_MODULES = {"butterfly_matmul": "blocksparse_matmul", "butterfly_attention": "butterfly_attention"}
 
 
 def requested_backend() -> str:
@@ -28,12 +32,19 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def load_kernel(op: str) -> bool:
+    """Import the kernel module of ``op`` if Triton is installed; whether ``op`` has a registered kernel."""
+    if op not in TRITON_KERNELS and op in KERNEL_MODULES and triton_available():
+        importlib.import_module(f"{__package__}.{KERNEL_MODULES[op]}")
+    return op in TRITON_KERNELS
+
+
 def select_backend(op: str, tensor: torch.Tensor) -> str:
     """``"triton"`` or ``"torch"`` for running ``op`` on ``tensor`` (see the module docstring)."""
     backend = requested_backend()
-    has_kernel = op in TRITON_KERNELS and triton_available()
-    if backend == "torch":
+    if backend == "torch" or (backend == "auto" and tensor.device.type != "cuda"):
         return "torch"
+    has_kernel = triton_available() and load_kernel(op)
     if backend == "triton":
         if not has_kernel:
             raise ValueError(f"HF_SPARSE_BACKEND=triton, but no Triton kernel for {op!r} is available "

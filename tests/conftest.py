@@ -7,12 +7,17 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # an accidental download fails loudly
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402  (torch alone does not import Triton)
+
+if not torch.cuda.is_available():
+    # Triton kernels run in its interpreter on CPU tensors; it must be set before Triton is first imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import copy  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,

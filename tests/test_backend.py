@@ -15,6 +15,7 @@ def test_auto_and_torch_use_pytorch_without_kernels(monkeypatch):
 
 
 def test_forcing_triton_without_a_kernel_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(backend, "triton_available", lambda: False)
     monkeypatch.setenv("HF_SPARSE_BACKEND", "triton")
     with pytest.raises(ValueError, match="no Triton kernel for 'butterfly_matmul'"):
         backend.select_backend("butterfly_matmul", torch.zeros(1))

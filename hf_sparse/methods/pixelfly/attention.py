@@ -21,6 +21,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from ...kernels.backend import TRITON_KERNELS, select_backend
 from .butterfly import butterfly_offsets
 
 NAME_PREFIX = "hf_sparse_butterfly"
@@ -240,6 +241,12 @@ def butterfly_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
             mask = F.pad(mask, (0, tp - t, 0, tp - t), value=False if mask.dtype == torch.bool else 0.0)
         mask = mask.expand(mask.shape[0], mask.shape[1], tp, tp)
     scale = scaling if scaling is not None else 1 / math.sqrt(d)
+    if not (dropout and training) and select_backend("butterfly_attention", query) == "triton":
+        # the kernel returns None for layouts/masks it does not handle (then the PyTorch path below runs)
+        out = TRITON_KERNELS["butterfly_attention"](query, key, value, block_size, offsets, is_causal, mask, t,
+                                                     scale, min(global_blocks, nb))
+        if out is not None:
+            return out if tp == t else out[:, :, :t]
     pairs = _block_pairs(nb, block_size, t, offsets, is_causal, mask, query.device, min(global_blocks, nb))
     per_block = b * h * block_size * block_size * 4  # bytes of one query block's scores (float32)
     pairs = _chunked(pairs, max(1, CHUNK_BYTES // per_block))

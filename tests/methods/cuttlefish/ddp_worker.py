@@ -7,6 +7,7 @@ output directory given as the only argument.
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
@@ -14,8 +15,11 @@ from transformers import TrainingArguments
 from hf_sparse import sparsify
 from hf_sparse.methods.cuttlefish import CuttlefishConfig
 from hf_sparse.training import SparseTrainer
-from tests.conftest import TINY_MODELS
-from tests.methods.cuttlefish.test_trainer import LMData
+
+# the repository root, *after* site-packages: the tests' helpers come from it, hf_sparse from the install
+sys.path.append(str(Path(__file__).resolve().parents[3]))
+from tests.conftest import TINY_MODELS  # noqa: E402
+from tests.methods.cuttlefish.test_trainer import LMData  # noqa: E402
 
 
 def main(output_dir: str) -> None:
@@ -37,5 +41,15 @@ def main(output_dir: str) -> None:
                    "world_size": trainer.args.world_size}, fh)
 
 
+def shutdown() -> None:
+    """Leave the process group cleanly: exiting with gloo threads alive can abort the process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown()

@@ -52,5 +52,15 @@ def main(out: str) -> None:
                f"{out}/rank{rank}.pt")
 
 
+def shutdown() -> None:
+    """Leave the process group cleanly: exiting with gloo threads alive can abort the process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
+    shutdown()

@@ -113,7 +113,7 @@ def test_resume_from_checkpoint_is_exact(tmp_path, grow):
 
 def test_two_process_ddp_keeps_masks_identical(tmp_path):
     script = Path(__file__).with_name("ddp_train.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path.cwd())}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     with socket.socket() as probe:  # a free port (port 0 makes torchrun hang)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
