@@ -15,8 +15,10 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_two_processes_switch_identically(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
-           "-m", "tests.methods.cuttlefish.ddp_worker", str(tmp_path)]
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+           str(ROOT / "tests" / "methods" / "cuttlefish" / "ddp_worker.py"), str(tmp_path)]
+    # run by path from a neutral directory: hf_sparse must come from the install (the source tree lacks
+    # hf_sparse.kernels, which the install maps from kernels/)
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert runs[0]["world_size"] == 2
