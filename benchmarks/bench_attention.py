@@ -61,11 +61,15 @@ def measure_peak(variant: str, seq: int, heads: int, dim: int, block: int, facto
 
 
 def peak_rss_mb(variant: str, args: argparse.Namespace, block: int, factors: int) -> float:
-    """:func:`measure_peak` in a fresh process, so the variants do not share an allocator."""
+    """Median of ``args.memory_repeats`` runs of :func:`measure_peak`, each in a fresh process (so the variants
+    do not share an allocator; the resident high-water mark varies by a few MiB from run to run)."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_attention as b; "
             f"print(b.measure_peak({variant!r}, {args.seq}, {args.heads}, {args.dim}, {block}, {factors}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    peaks = []
+    for _ in range(args.memory_repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        peaks.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(peaks)
 
 
 def main() -> None:
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--layouts", nargs="+", default=["64:6", "128:3"], help="block:n_factors")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory_repeats", type=int, default=5, help="fresh processes per peak-memory figure")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "butterfly_attention_cpu")
     args = parser.parse_args()
     q, k, v = inputs(args.seq, args.heads, args.dim)
@@ -95,7 +100,8 @@ def main() -> None:
                      "layout_density": density, "sdpa_ms": d * 1e3, "butterfly_ms": s * 1e3, "speedup": d / s,
                      "sdpa_peak_mib": sdpa_mem, "butterfly_peak_mib": peak_rss_mb("butterfly", args, block, factors)})
     title = (f"{cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, fp32, causal, batch 1, "
-             f"forward+backward, median of {args.repeats}; peak = extra resident MiB during one step (fresh process)")
+             f"forward+backward, median of {args.repeats}; peak = extra resident MiB during one step, "
+             f"median of {args.memory_repeats} fresh processes")
     lines = ["| seq | heads x dim | block | factors | layout density | SDPA (ms) | butterfly (ms) | speedup | "
              "SDPA peak (MiB) | butterfly peak (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

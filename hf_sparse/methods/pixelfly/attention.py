@@ -26,7 +26,7 @@ from .butterfly import butterfly_offsets
 
 NAME_PREFIX = "hf_sparse_butterfly"
 #: transient score memory per step of the block loop (forward and backward), in bytes
-CHUNK_BYTES = 2**20
+CHUNK_BYTES = 2**19
 
 
 def implementation_name(block_size: int, n_factors: int, global_blocks: int = 0) -> str:
@@ -140,10 +140,11 @@ def _scores(q_b: torch.Tensor, k_b: torch.Tensor, pair: _BlockPairs, scale: floa
     scores = torch.matmul(q_b[:, :, pair.rows], k_b[:, :, pair.cols].transpose(-1, -2))
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()
-    scores = scores * scale
+    # in place: none of these ops needs its output for autograd, and each step's temporaries stay one tensor
+    scores.mul_(scale)
     if pair.bias is not None:
-        scores = scores + pair.bias.to(scores.dtype)
-    return scores.masked_fill(~pair.allowed, float("-inf"))
+        scores.add_(pair.bias.to(scores.dtype))
+    return scores.masked_fill_(~pair.allowed, float("-inf"))
 
 
 def _attend(q_b: torch.Tensor, k_b: torch.Tensor, v_b: torch.Tensor, pairs: list[_BlockPairs], scale: float,
@@ -169,7 +170,7 @@ def _attend(q_b: torch.Tensor, k_b: torch.Tensor, v_b: torch.Tensor, pairs: list
         new_max = torch.maximum(row_max[:, :, rows], scores.detach().amax(-1))
         shift = new_max.nan_to_num(0.0, neginf=0.0)
         rescale = torch.exp(row_max[:, :, rows] - shift)  # 0 where nothing was seen yet
-        weights = torch.exp(scores - shift[..., None])
+        weights = scores.sub_(shift[..., None]).exp_() if in_place else torch.exp(scores - shift[..., None])
         row_sum = put(row_sum, rows, row_sum[:, :, rows] * rescale + weights.sum(-1))
         if dropout:  # on the attention probabilities (the normalizer is unaffected)
             weights = F.dropout(weights, p=dropout)
@@ -201,11 +202,11 @@ class _ButterflyAttention(torch.autograd.Function):
         dq, dk, dv = (torch.zeros(t.shape, dtype=out.dtype, device=t.device) for t in (q_b, k_b, v_b))
         for pair in pairs:
             rows, cols = pair.rows, pair.cols
-            probs = torch.exp(_scores(q_b, k_b, pair, scale) - lse[:, :, rows, :, None]).nan_to_num(0.0)
+            probs = _scores(q_b, k_b, pair, scale).sub_(lse[:, :, rows, :, None]).exp_().nan_to_num_(0.0)
             g_rows = grad_out[:, :, rows]
             dv.index_add_(2, cols, torch.matmul(probs.transpose(-1, -2), g_rows))
             d_probs = torch.matmul(g_rows, v_b[:, :, cols].to(out.dtype).transpose(-1, -2))
-            d_scores = probs * (d_probs - delta[:, :, rows, :, None]) * scale
+            d_scores = d_probs.sub_(delta[:, :, rows, :, None]).mul_(probs).mul_(scale)
             dq.index_add_(2, rows, torch.matmul(d_scores, k_b[:, :, cols].to(out.dtype)))
             dk.index_add_(2, cols, torch.matmul(d_scores.transpose(-1, -2), q_b[:, :, rows].to(out.dtype)))
         return dq.to(q_b.dtype), dk.to(k_b.dtype), dv.to(v_b.dtype), None, None
