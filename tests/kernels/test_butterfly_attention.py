@@ -71,10 +71,11 @@ def test_kernel_matches_float64_reference(dtype, case, is_causal, monkeypatch):
         assert_close(actual, expected, dtype, name)
 
 
+@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
-def test_head_dim_64_and_padding_mask(is_causal, monkeypatch):
+def test_head_dims_64_128_and_padding_mask(is_causal, d, monkeypatch):
     """The model's 4-D bool mask (key padding, with causality folded in) is reduced to the kernel's masks."""
-    b, h, t, d, bs, factors = 2, 1, 48, 64, 16, 2
+    b, h, t, bs, factors = 2, 1, 48, 16, 2
     q, k, v, grad_out = random_qkv(11 + is_causal, b, h, t, d, torch.float32)
     keep = torch.ones(b, t, dtype=torch.bool)
     keep[0, :5] = False  # left padding of the first sequence
