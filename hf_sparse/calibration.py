@@ -60,14 +60,26 @@ def prepare_batches(data: Iterable[Any], tokenizer: Any = None, max_length: int 
     if all(isinstance(item, str) for item in items):
         if tokenizer is None:
             raise ValueError("calibration_data is a list of strings: pass tokenizer= to tokenize it")
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return [dict(tokenizer(items[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                               max_length=max_length)) for i in range(0, len(items), batch_size)]
+        return [_tokenize(tokenizer, items[i:i + batch_size], max_length) for i in range(0, len(items), batch_size)]
     if all(isinstance(item, dict) for item in items):
         return items
     raise TypeError("calibration_data entries must all be dicts of model inputs or all be strings, got "
                     f"{sorted({type(i).__name__ for i in items})}")
+
+
+def _tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Any]:
+    """One right-padded batch. Tokenizers without a pad token (GPT-2's) are padded by hand with id 0 under
+    ``attention_mask`` 0, so the user's tokenizer is never modified."""
+    if tokenizer.pad_token is not None:
+        return dict(tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length))
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.zeros(len(encoded), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(encoded), width, dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

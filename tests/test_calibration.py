@@ -76,6 +76,20 @@ def test_prepare_batches_from_strings_and_errors():
         prepare_batches([])
 
 
+def test_prepare_batches_without_pad_token_pads_by_hand_and_leaves_tokenizer_alone():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, **{f"w{i}": i for i in range(1, 10)}}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")  # no pad, no eos (like a raw BPE)
+    batches = prepare_batches(["w2 w3 w4", "w5 w6", "w7"], tokenizer=tok, max_length=8, batch_size=2)
+    assert batches[0]["input_ids"].tolist() == [[2, 3, 4], [5, 6, 0]]
+    assert batches[0]["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batches[1]["input_ids"].tolist() == [[7]]
+    assert tok.pad_token is None
+
+
 def test_with_labels_masks_padding(gpt2):
     model = gpt2.build()
     batch = {"input_ids": torch.tensor([[5, 6, 0]]), "attention_mask": torch.tensor([[1, 1, 0]])}
