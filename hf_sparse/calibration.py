@@ -45,6 +45,13 @@ def supports_stats(module: nn.Module) -> bool:
     return kind is not None and not is_conv(kind)
 
 
+def model_max_positions(model: nn.Module) -> int | None:
+    """Longest sequence the model's position embeddings allow (``max_position_embeddings`` / ``n_positions``
+    of its config), or None when the config does not say."""
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 def prepare_batches(data: Iterable[Any], tokenizer: Any = None, max_length: int = 512,
                     batch_size: int = 8) -> list[dict[str, Any]]:
     """Model-input dicts from ``data``: dicts are used as they are; strings need ``tokenizer`` and are

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .calibration import model_max_positions
+
 
 @torch.no_grad()
 def perplexity_of_blocks(model: nn.Module, blocks: torch.Tensor, batch_size: int = 16) -> float:
@@ -49,9 +51,7 @@ def perplexity(model: nn.Module, tokenizer, texts: list[str] | str, block_size: 
     ids = tokenizer(separator.join(texts), return_tensors="pt", add_special_tokens=False)["input_ids"][0]
     if ids.numel() < 2:
         raise ValueError("the texts tokenize to fewer than 2 tokens; nothing to predict")
-    config = getattr(model, "config", None)
-    max_positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    size = min(block_size, ids.numel(), max_positions or block_size)
+    size = min(block_size, ids.numel(), model_max_positions(model) or block_size)
     usable = ids.numel() // size * size
     return perplexity_of_blocks(model, ids[:usable].reshape(-1, size), batch_size)
 
@@ -90,8 +90,7 @@ def continuation_logprob(model: nn.Module, tokenizer, context: str, continuation
     n_cont = len(full_ids) - len(context_ids)
     if n_cont <= 0:
         raise ValueError(f"continuation {continuation!r} tokenizes to nothing")
-    config = getattr(model, "config", None)
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    limit = model_max_positions(model)
     if limit is not None:
         full_ids = full_ids[-limit:]  # keep the end: the continuation and as much context as fits
     ids = torch.tensor([full_ids], device=next(model.parameters()).device)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
-from .calibration import prepare_batches
+from .calibration import model_max_positions, prepare_batches
 from .config import ComposedSparsityConfig, SparsityConfig, as_sparsity_config, pattern_matches
 from .dense import dense_kind
 from .layers import PlanError, SparseLayer
@@ -193,6 +193,7 @@ def sparsify(model: nn.Module, config: SparsityConfig | dict | list | str | os.P
                                  "give each method disjoint target_modules")
             targets[name] = cfg.method
         per_config.append((cfg, names))
+    max_length = min(max_length, model_max_positions(model) or max_length)
     batches = prepare_batches(calibration_data, tokenizer, max_length) if config.needs_calibration else None
 
     replacements: dict[str, SparseLayer] = {}

@@ -90,6 +90,16 @@ def test_prepare_batches_without_pad_token_pads_by_hand_and_leaves_tokenizer_alo
     assert tok.pad_token is None
 
 
+def test_sparsify_truncates_calibration_text_to_the_model_positions(gpt2):
+    from hf_sparse import GreenformerConfig, sparsify
+
+    model = gpt2.build()  # 32 positions
+    long_text = [" ".join(f"w{2 + i % 60}" for i in range(100))] * 2
+    sparsify(model, GreenformerConfig(rank=4, solver="svd-llm"), calibration_data=long_text,
+             tokenizer=word_tokenizer(), max_length=512)
+    assert model.config.quantization_config.plan
+
+
 def test_with_labels_masks_padding(gpt2):
     model = gpt2.build()
     batch = {"input_ids": torch.tensor([[5, 6, 0]]), "attention_mask": torch.tensor([[1, 1, 0]])}
