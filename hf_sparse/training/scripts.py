@@ -15,7 +15,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..config import as_sparsity_config
 from ..inject import get_sparsity_config, sparsify
-from ..summary import count_parameters, summary
+from ..summary import effective_parameters, summary
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +33,24 @@ class SparsityArguments:
         "help": "base model named in the model card when pushing (default: --model_name_or_path)"})
 
 
+def parameter_count(model: nn.Module) -> int:
+    """Parameters that count: unique parameters, sparse layers at their real size (a masked layer's active
+    weights, not its dense-shaped storage)."""
+    config = get_sparsity_config(model)
+    return effective_parameters(model, config.plan if config is not None else {})
+
+
 def compress(model: nn.Module, sparsity_args: SparsityArguments) -> dict[str, Any]:
     """Apply ``--sparsity_config`` to ``model`` in place (schedules such as Cuttlefish / DST-EE attach and
     run later inside ``SparseTrainer``). Returns the before/after report; ``ValueError`` for a bad config,
     before the model changes."""
-    before = count_parameters(model)
+    before = parameter_count(model)
     report: dict[str, Any] = {"params_before": before}
     if sparsity_args.sparsity_config:
         config = as_sparsity_config(sparsity_args.sparsity_config)
         sparsify(model, config)
         report["methods"] = [cfg.method for cfg in config.configs]
-    report["params_after_compression"] = count_parameters(model)
+    report["params_after_compression"] = parameter_count(model)
     return report
 
 
@@ -63,7 +70,7 @@ def finish(trainer: Trainer, report: dict[str, Any], metrics: dict[str, float], 
     :func:`take_push_to_hub`), upload to the Hub with a generated model card (``--hub_model_id`` names the
     repo, default: the output folder's name)."""
     model = trainer.model
-    report = {**report, "params_after": count_parameters(model), "metrics": metrics}
+    report = {**report, "params_after": parameter_count(model), "metrics": metrics}
     if get_sparsity_config(model) is not None:
         table = summary(model)
         report["summary"] = table.to_dict()

@@ -92,6 +92,13 @@ def test_run_glue_rejects_bad_arguments(glue_data, tmp_path):
         script.main(args_for(glue_data, tmp_path / "out", '{"method": "greenformer", "rank": -1}'))
 
 
+def test_run_glue_dst_reports_active_parameters(glue_data, tmp_path):
+    out = tmp_path / "out"
+    load_script().main(args_for(glue_data, out, '{"method": "dst-ee", "sparsity": 0.8, "update_interval": 2}'))
+    report = json.loads((out / "sparsity_report.json").read_text())
+    assert report["params_after"] == report["summary"]["totals"]["params_after"] < report["params_before"]
+
+
 def test_local_glue_metric_values():
     metric = load_script().local_glue_metric
     pred, label = np.array([1, 0, 1, 1]), np.array([1, 0, 0, 1])
