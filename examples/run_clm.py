@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -29,15 +28,13 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
-    HfArgumentParser,
     TrainingArguments,
     default_data_collator,
-    set_seed,
 )
 
 import hf_sparse  # noqa: F401  (registers the hf_sparse quantization method)
 from hf_sparse import SparseTrainer
-from hf_sparse.training.scripts import SparsityArguments, compress, finish, take_push_to_hub
+from hf_sparse.training.scripts import SparsityArguments, compress, finish, parse_script_args, take_push_to_hub
 
 logger = logging.getLogger(__name__)
 
@@ -102,14 +99,8 @@ def group_texts(examples: dict[str, list], block_size: int) -> dict[str, list]:
 
 
 def main(argv: list[str] | None = None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, SparsityArguments, TrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, sparsity_args, training_args = parser.parse_json_file(sys.argv[1])
-    else:
-        model_args, data_args, sparsity_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
-                        if training_args.should_log else logging.WARNING)
-    set_seed(training_args.seed)
+    model_args, data_args, sparsity_args, training_args = parse_script_args(
+        (ModelArguments, DataArguments, SparsityArguments, TrainingArguments), argv)
 
     raw = load_data(data_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)

@@ -16,7 +16,6 @@ metrics; ``--push_to_hub --hub_model_id user/repo`` uploads the model with a gen
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,14 +26,12 @@ from transformers import (
     AutoTokenizer,
     DataCollatorWithPadding,
     EvalPrediction,
-    HfArgumentParser,
     TrainingArguments,
-    set_seed,
 )
 
 import hf_sparse  # noqa: F401  (registers the hf_sparse quantization method)
 from hf_sparse import SparseTrainer
-from hf_sparse.training.scripts import SparsityArguments, compress, finish, take_push_to_hub
+from hf_sparse.training.scripts import SparsityArguments, compress, finish, parse_script_args, take_push_to_hub
 
 logger = logging.getLogger(__name__)
 
@@ -158,14 +155,8 @@ def text_keys(data_args: DataArguments, columns: list[str]) -> tuple[str, str | 
 
 
 def main(argv: list[str] | None = None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, SparsityArguments, TrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        model_args, data_args, sparsity_args, training_args = parser.parse_json_file(sys.argv[1])
-    else:
-        model_args, data_args, sparsity_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO
-                        if training_args.should_log else logging.WARNING)
-    set_seed(training_args.seed)
+    model_args, data_args, sparsity_args, training_args = parse_script_args(
+        (ModelArguments, DataArguments, SparsityArguments, TrainingArguments), argv)
 
     raw = load_data(data_args)
     label_feature = raw["train"].features["label"]

@@ -39,6 +39,26 @@ def require_positive_int(spec: dict[str, Any], key: str) -> int:
     return value
 
 
+#: plan fields describing the dense layer a sparse layer replaced (``describe_dense``), and the extra ones of convs
+SOURCE_KEYS = ("source", "in_features", "out_features", "bias")
+CONV_KEYS = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+
+
+def source_from_spec(spec: dict[str, Any], conv: bool) -> dict[str, Any]:
+    """The replaced layer's description from a plan entry, every field type-checked (``PlanError`` if not)."""
+    require(spec, "source", str)
+    require_positive_int(spec, "in_features")
+    require_positive_int(spec, "out_features")
+    require(spec, "bias", bool)
+    if conv:
+        for key in ("kernel_size", "stride", "dilation"):
+            require(spec, key, list)
+        require(spec, "padding", (list, str))
+        require_positive_int(spec, "groups")
+        require(spec, "padding_mode", str)
+    return {key: spec[key] for key in SOURCE_KEYS + (CONV_KEYS if conv else ())}
+
+
 class SparseLayer(nn.Module):
     """A compressed replacement for one dense layer (Linear, GPT-2 ``Conv1D`` or ConvNd).
 

@@ -102,6 +102,15 @@ def gpt2() -> TinyModel:
     return TINY_MODELS["gpt2"]
 
 
+@pytest.fixture
+def one_thread():
+    """Run on one torch thread (tiny models and small SVDs are faster so, whatever else runs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from ..config import as_sparsity_config
 from ..inject import get_sparsity_config, sparsify
@@ -31,6 +32,22 @@ class SparsityArguments:
                 "\"greenformer\", ...}) or a list of methods with disjoint targets; omit to train dense"})
     base_model_name: str | None = field(default=None, metadata={
         "help": "base model named in the model card when pushing (default: --model_name_or_path)"})
+
+
+def parse_script_args(dataclass_types: tuple[type, ...], argv: list[str] | None = None) -> tuple[Any, ...]:
+    """Parse the example scripts' arguments (``SparsityArguments`` and ``TrainingArguments`` among
+    ``dataclass_types``, the latter last) from ``argv`` / the command line, or from a single ``.json`` file
+    argument; set up logging and the seed. Returns one instance per dataclass."""
+    parser = HfArgumentParser(dataclass_types)
+    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        parsed = parser.parse_json_file(sys.argv[1])
+    else:
+        parsed = parser.parse_args_into_dataclasses(args=argv)
+    training_args = parsed[-1]
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if training_args.should_log else logging.WARNING)
+    set_seed(training_args.seed)
+    return tuple(parsed)
 
 
 def parameter_count(model: nn.Module) -> int:

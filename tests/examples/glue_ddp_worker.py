@@ -1,26 +1,17 @@
 """Run examples/run_glue.py under torchrun and save this rank's final weights (used by test_run_glue)."""
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("run_glue", ROOT / "examples" / "run_glue.py")
-run_glue = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = run_glue
-spec.loader.exec_module(run_glue)
+# the repository root, *after* site-packages: the tests' helpers come from it, hf_sparse from the install
+sys.path.append(str(Path(__file__).resolve().parents[2]))
+from tests.ddp_utils import shutdown  # noqa: E402
+from tests.examples.scripts import load_example  # noqa: E402
 
-
-def shutdown() -> None:
-    """Leave the process group cleanly: exiting with gloo threads alive can abort the process."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+run_glue = load_example("run_glue")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,16 +12,13 @@ from transformers import AutoModelForCausalLM
 from hf_sparse import PixelflyLinear
 
 from ..conftest import word_texts
+from .scripts import load_example
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("run_clm", ROOT / "examples" / "run_clm.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_example("run_clm")
 
 
 def base_args(model_dir: Path, train: Path, out: Path, *extra: str) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,16 +17,13 @@ from transformers import AutoModelForSequenceClassification
 from hf_sparse import LED
 
 from ..conftest import TINY_MODELS, VOCAB, word_tokenizer
+from .scripts import load_example
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("run_glue", ROOT / "examples" / "run_glue.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_example("run_glue")
 
 
 @pytest.fixture

@@ -18,14 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...dense import describe_dense
-from ...layers import PlanError, SparseLayer, require, require_positive_int
+from ...layers import CONV_KEYS, SOURCE_KEYS, PlanError, SparseLayer, require, require_positive_int, source_from_spec
 from ...registry import register_layer
 
 COUNT_DTYPE = torch.int16
 COUNT_MAX = torch.iinfo(COUNT_DTYPE).max
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_SOURCE_KEYS = ("source", "in_features", "out_features", "bias")
-_CONV_KEYS = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 
 
 def weight_shape(source: dict[str, Any]) -> tuple[int, ...]:
@@ -160,18 +158,7 @@ class MaskedLayer(SparseLayer):
         kinds = ("Conv1d", "Conv2d", "Conv3d") if conv else ("Linear", "Conv1D")
         if require(spec, "source", str) not in kinds:
             raise PlanError(f"{cls.__name__} replaces {' / '.join(kinds)} layers, plan says source={spec['source']!r}")
-        require_positive_int(spec, "in_features")
-        require_positive_int(spec, "out_features")
-        require(spec, "bias", bool)
-        keys = _SOURCE_KEYS
-        if conv:
-            for key in ("kernel_size", "stride", "dilation"):
-                require(spec, key, list)
-            require(spec, "padding", (list, str))
-            require_positive_int(spec, "groups")
-            require(spec, "padding_mode", str)
-            keys = _SOURCE_KEYS + _CONV_KEYS
-        source = {key: spec[key] for key in keys}
+        source = source_from_spec(spec, conv)
         active = require_positive_int(spec, "active")
         numel = math.prod(weight_shape(source))
         if active > numel:
@@ -213,7 +200,7 @@ class MaskedLinear(MaskedLayer):
         super().__init__()
         if source["source"] not in ("Linear", "Conv1D"):
             raise ValueError(f"MaskedLinear replaces Linear or Conv1D layers, got source={source['source']!r}")
-        self.source = {key: source[key] for key in _SOURCE_KEYS}
+        self.source = {key: source[key] for key in SOURCE_KEYS}
         self.in_features, self.out_features = source["in_features"], source["out_features"]
         self._init_state(weight_shape(self.source), active, source["bias"], device, dtype)
 
@@ -255,7 +242,7 @@ class MaskedConv(MaskedLayer):
         super().__init__()
         if source["source"] not in ("Conv1d", "Conv2d", "Conv3d"):
             raise ValueError(f"MaskedConv replaces Conv1d/2d/3d layers, got source={source['source']!r}")
-        self.source = {key: source[key] for key in _SOURCE_KEYS + _CONV_KEYS}
+        self.source = {key: source[key] for key in SOURCE_KEYS + CONV_KEYS}
         self.in_channels, self.out_channels = source["in_features"], source["out_features"]
         self.kernel_size = tuple(source["kernel_size"])
         self.dim = len(self.kernel_size)

@@ -10,25 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...dense import describe_dense
-from ...layers import PlanError, SparseLayer, require, require_positive_int
+from ...layers import PlanError, SparseLayer, require_positive_int, source_from_spec
 from ...registry import register_layer
-
-_SOURCE_KEYS = ("source", "in_features", "out_features", "bias")
-_CONV_KEYS = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
-
-
-def _source_from_spec(spec: dict[str, Any], conv: bool) -> dict[str, Any]:
-    require(spec, "source", str)
-    require_positive_int(spec, "in_features")
-    require_positive_int(spec, "out_features")
-    require(spec, "bias", bool)
-    if conv:
-        for key in ("kernel_size", "stride", "dilation"):
-            require(spec, key, list)
-        require(spec, "padding", (list, str))
-        require_positive_int(spec, "groups")
-        require(spec, "padding_mode", str)
-    return {key: spec[key] for key in _SOURCE_KEYS + (_CONV_KEYS if conv else ())}
 
 
 class FactorizedLayer(SparseLayer):
@@ -110,7 +93,7 @@ class LED(FactorizedLayer):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device=None, dtype=None) -> LED:
-        src = _source_from_spec(spec, conv=False)
+        src = source_from_spec(spec, conv=False)
         if src["source"] not in ("Linear", "Conv1D"):
             raise PlanError(f"LED replaces Linear or Conv1D layers, plan says source={src['source']!r}")
         return cls(src["in_features"], src["out_features"], require_positive_int(spec, "rank"), src["bias"],
@@ -186,7 +169,7 @@ class CED(FactorizedLayer):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device=None, dtype=None) -> CED:
-        src = _source_from_spec(spec, conv=True)
+        src = source_from_spec(spec, conv=True)
         if src["source"] not in ("Conv1d", "Conv2d", "Conv3d"):
             raise PlanError(f"CED replaces Conv1d/2d/3d layers, plan says source={src['source']!r}")
         if len(src["kernel_size"]) != int(src["source"][4]):

@@ -19,6 +19,7 @@ from hf_sparse.training import SparseTrainer
 # the repository root, *after* site-packages: the tests' helpers come from it, hf_sparse from the install
 sys.path.append(str(Path(__file__).resolve().parents[3]))
 from tests.conftest import TINY_MODELS  # noqa: E402
+from tests.ddp_utils import shutdown  # noqa: E402
 from tests.methods.cuttlefish.test_trainer import LMData  # noqa: E402
 
 
@@ -39,15 +40,6 @@ def main(output_dir: str) -> None:
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as fh:
         json.dump({"switch": schedule.switch, "history": schedule.history, "profile": schedule.profile,
                    "world_size": trainer.args.world_size}, fh)
-
-
-def shutdown() -> None:
-    """Leave the process group cleanly: exiting with gloo threads alive can abort the process."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

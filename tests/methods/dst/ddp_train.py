@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -12,6 +13,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 from hf_sparse import sparsify
 from hf_sparse.methods.dst import DSTEEConfig, MaskedLayer
 from hf_sparse.training import SparseTrainer
+
+# the repository root, *after* site-packages: the tests' helpers come from it, hf_sparse from the install
+sys.path.append(str(Path(__file__).resolve().parents[3]))
+from tests.ddp_utils import shutdown  # noqa: E402
 
 
 class LMData(torch.utils.data.Dataset):
@@ -50,15 +55,6 @@ def main(out: str) -> None:
                 "local_grads_differ": not torch.equal(gathered[0], gathered[1]),
                 "masks_changed": any(not torch.equal(m.mask, initial[n]) for n, m in layers.items())},
                f"{out}/rank{rank}.pt")
-
-
-def shutdown() -> None:
-    """Leave the process group cleanly: exiting with gloo threads alive can abort the process."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
