@@ -113,8 +113,10 @@ def main(argv: list[str] | None = None):
     max_positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions",
                                                                                       None)
     block_size = min(data_args.block_size, max_positions) if max_positions else data_args.block_size
-    column = data_args.text_column if data_args.text_column in raw["train"].column_names \
-        else raw["train"].column_names[0]
+    columns = raw["train"].column_names
+    if data_args.text_column not in columns and not (data_args.text_column == "text" and len(columns) == 1):
+        raise ValueError(f"--text_column {data_args.text_column!r} is not in the data (columns: {columns})")
+    column = data_args.text_column if data_args.text_column in columns else columns[0]
     with training_args.main_process_first(desc="tokenizing and grouping"):
         tokenized = raw.map(lambda b: tokenizer(b[column]), batched=True, remove_columns=raw["train"].column_names)
         blocks = tokenized.map(lambda b: group_texts(b, block_size), batched=True)

@@ -161,16 +161,20 @@ def main(argv: list[str] | None = None):
     raw = load_data(data_args)
     label_feature = raw["train"].features["label"]
     regression = data_args.task_name == "stsb" or label_feature.dtype in ("float32", "float64")
+    label_to_id = None  # local files: labels of any kind (strings, 1..5, ...) mapped to 0..n-1
     if regression:
         num_labels = 1
     elif hasattr(label_feature, "names"):
         num_labels = len(label_feature.names)
     else:
-        num_labels = len(set(raw["train"]["label"]))
+        label_to_id = {label: i for i, label in enumerate(sorted(set(raw["train"]["label"])))}
+        num_labels = len(label_to_id)
 
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
+    extra = {} if label_to_id is None else {"label2id": {str(k): v for k, v in label_to_id.items()},
+                                            "id2label": {v: str(k) for k, v in label_to_id.items()}}
     config = AutoConfig.from_pretrained(model_args.model_name_or_path, num_labels=num_labels,
-                                        finetuning_task=data_args.task_name)
+                                        finetuning_task=data_args.task_name, **extra)
     if model_args.from_scratch:
         model = AutoModelForSequenceClassification.from_config(config)
     else:
@@ -183,10 +187,19 @@ def main(argv: list[str] | None = None):
 
     def tokenize(batch):
         texts = (batch[key1],) if key2 is None else (batch[key1], batch[key2])
-        return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length)
+        encoded = tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length)
+        if label_to_id is not None:
+            unknown = {label for label in batch["label"] if label not in label_to_id}
+            if unknown:
+                raise ValueError(f"labels {sorted(map(str, unknown))} in the data do not occur in --train_file "
+                                 f"(known: {sorted(map(str, label_to_id))})")
+            encoded["labels"] = [label_to_id[label] for label in batch["label"]]  # a new column: int typed
+        else:
+            encoded["labels"] = batch["label"]
+        return encoded
 
     with training_args.main_process_first(desc="tokenizing"):
-        data = raw.map(tokenize, batched=True, remove_columns=[c for c in raw["train"].column_names if c != "label"])
+        data = raw.map(tokenize, batched=True, remove_columns=raw["train"].column_names)
     train = data["train"]
     if data_args.max_train_samples is not None:
         train = train.select(range(min(len(train), data_args.max_train_samples)))
@@ -208,7 +221,7 @@ def main(argv: list[str] | None = None):
     if training_args.do_eval and evaluation is not None:
         metrics.update(trainer.evaluate())
         trainer.save_metrics("eval", metrics)
-    dataset = f"glue/{data_args.task_name}" if data_args.task_name else None
+    dataset = "nyu-mll/glue" if data_args.task_name else None
     finish(trainer, report, metrics, tokenizer=tokenizer,
            base_model=sparsity_args.base_model_name or model_args.model_name_or_path, dataset=dataset, push=push)
     return trainer

@@ -106,8 +106,8 @@ def finish(trainer: Trainer, report: dict[str, Any], metrics: dict[str, float], 
         from ..hub import push_to_hub
 
         repo_id = trainer.args.hub_model_id or os.path.basename(os.path.abspath(trainer.args.output_dir))
-        eval_results = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"
-                        and not k.endswith(("_runtime", "_per_second"))}
+        eval_results = {k: v for k, v in metrics.items() if isinstance(v, (int, float))
+                        and k.startswith(("eval_", "perplexity")) and not k.endswith(("_runtime", "_per_second"))}
         if base_model is not None and os.path.isdir(base_model):
             base_model = None  # a local directory is not a Hub id the card could link to
         info = push_to_hub(model, repo_id, tokenizer=tokenizer, base_model=base_model, dataset=dataset,

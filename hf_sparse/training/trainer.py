@@ -155,6 +155,10 @@ class SparseTrainer(Trainer):
         if sharded and restructuring:
             raise ValueError(f"{', '.join(restructuring)} swaps modules during training, which SparseTrainer "
                              f"cannot do under {sharded}; train with DDP (accelerate launch --multi_gpu) instead")
+        if restructuring and self.args.load_best_model_at_end:
+            raise ValueError(f"load_best_model_at_end=True cannot be combined with {', '.join(restructuring)}: the "
+                             "best checkpoint may predate the mid-run restructuring, and its weights would load "
+                             "into the wrong modules; set load_best_model_at_end=False")
         self.add_callback(self.sparse_callback)
         self._rewrapped: nn.Module | None = None
 

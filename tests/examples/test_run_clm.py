@@ -58,6 +58,12 @@ def test_run_clm_splits_validation_and_groups_blocks(model_with_texts, tmp_path)
     assert blocks == {"input_ids": [[1, 2, 3], [4, 5, 6]], "labels": [[1, 2, 3], [4, 5, 6]]}
 
 
+def test_run_clm_rejects_a_missing_text_column(model_with_texts, tmp_path):
+    model_dir, _, held_out = model_with_texts
+    with pytest.raises(ValueError, match="--text_column 'body' is not in the data"):
+        load_script().main(base_args(model_dir, held_out, tmp_path / "out", "--text_column", "body"))
+
+
 def test_run_clm_rejects_bad_arguments(tmp_path):
     script = load_script()
     with pytest.raises(ValueError, match="--dataset_name"):

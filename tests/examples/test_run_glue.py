@@ -95,6 +95,15 @@ def test_run_glue_dst_reports_active_parameters(glue_data, tmp_path):
     assert report["params_after"] == report["summary"]["totals"]["params_after"] < report["params_before"]
 
 
+def test_run_glue_maps_string_labels(glue_data, tmp_path):
+    model_dir, train, dev = glue_data
+    for path in (train, dev):
+        path.write_text(path.read_text().replace(",1\n", ",yes\n").replace(",0\n", ",no\n"))
+    trainer = load_script().main(args_for((model_dir, train, dev), tmp_path / "out", '{"method": "greenformer"}'))
+    assert trainer.model.config.label2id == {"no": 0, "yes": 1}
+    assert json.loads((tmp_path / "out" / "sparsity_report.json").read_text())["metrics"]["eval_accuracy"] >= 0
+
+
 def test_local_glue_metric_values():
     metric = load_script().local_glue_metric
     pred, label = np.array([1, 0, 1, 1]), np.array([1, 0, 0, 1])

@@ -273,3 +273,10 @@ def test_model_without_schedule_trains_like_trainer(tmp_path):
         results.append(copy.deepcopy(model.state_dict()))
     for key, value in results[0].items():
         torch.testing.assert_close(results[1][key], value, rtol=0, atol=0)
+
+
+def test_load_best_model_at_end_is_refused_with_a_restructuring_schedule(tmp_path):
+    args = make_args(tmp_path, load_best_model_at_end=True, eval_strategy="steps", save_strategy="steps",
+                     eval_steps=2, save_steps=2)
+    with pytest.raises(ValueError, match="load_best_model_at_end"):
+        SparseTrainer(model=make_model(), args=args, train_dataset=LMData(), eval_dataset=LMData())
