@@ -18,7 +18,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from tqdm.auto import tqdm
 from transformers import AutoConfig
 
-from .registry import CONFIG_CLASSES
+from .registry import CONFIG_CLASSES, SCHEDULES
 
 TASKS = {
     "causal-lm": "AutoModelForCausalLM",
@@ -136,7 +136,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     from .evaluation import perplexity
     from .inject import sparsify
-    from .summary import count_parameters, summary
+    from .summary import count_parameters, effective_parameters, summary
 
     config = build_config(args.method, args.config, args.option)
     sweep = bool(args.sweep_solvers or args.sweep_ratios)
@@ -170,7 +170,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         sparsify(model, cfg, calibration_data=calibration, tokenizer=tokenizer, max_length=args.max_length)
         progress.update()
         row = {"solver": getattr(cfg, "solver", cfg.method), "param_ratio": getattr(cfg, "param_ratio", None),
-               "params": count_parameters(model), "dense_params": dense_params}
+               "params": effective_parameters(model, cfg.plan), "dense_params": dense_params}
         if eval_texts:
             progress.set_postfix_str("perplexity")
             row["perplexity"] = perplexity(model, tokenizer, eval_texts, args.max_length)
@@ -193,6 +193,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if eval_texts:
         print(f"\nheld-out perplexity: dense {rows[0]['perplexity']:.3f}, compressed {rows[-1]['perplexity']:.3f}")
     print(f"\nsaved to {output}" + ("" if tokenizer is not None else " (no tokenizer: the source has none)"))
+    training_time = [cfg.method for cfg in configs[-1].configs if cfg.method in SCHEDULES]
+    if training_time:
+        print(f"{', '.join(training_time)} acts during training: train the saved model with hf_sparse.SparseTrainer "
+              "(e.g. examples/run_clm.py or run_glue.py)")
     return 0
 
 

@@ -123,11 +123,13 @@ def test_every_subcommand_has_help(command, capsys):
 
 
 @pytest.mark.parametrize("method", sorted(CONFIG_CLASSES))
-def test_compress_any_registered_method(method, gpt2, tmp_path):
+def test_compress_any_registered_method(method, gpt2, tmp_path, capsys):
     gpt2.build().save_pretrained(tmp_path / "dense")
     assert main(["compress", str(tmp_path / "dense"), "--method", method, "--output", str(tmp_path / "out")]) == 0
     saved = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert saved["method"] == method
+    says_train = "acts during training" in capsys.readouterr().out
+    assert says_train == (method in ("cuttlefish", "dst-ee"))
 
 
 def test_compress_method_options_and_tokenizer(model_with_texts, tmp_path, capsys):
