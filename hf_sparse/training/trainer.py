@@ -51,6 +51,7 @@ class SparseCallback(TrainerCallback):
         self.model = model
         self.trainer = trainer
         self.schedules = build_schedules(model)
+        self._epoch_end_step: int | None = None  # global step whose epoch-end hooks ran
         if not self.schedules:
             logger.info("SparseCallback: no training schedule in the model's sparsity config; nothing to run")
 
@@ -89,11 +90,24 @@ class SparseCallback(TrainerCallback):
             self._apply(schedule.after_optimizer_step(ctx), schedule)
         return control
 
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs) -> TrainerControl:
+        # The last step of an epoch: run the epoch-end hooks now, before this step's checkpoint is written
+        # (the Trainer saves before its own epoch-end event), so a resume from it sees their effect.
+        if state.epoch and abs(state.epoch - round(state.epoch)) < 1e-9:
+            self._epoch_end(args, state, optimizer)
+        return control
+
     def on_epoch_end(self, args, state, control, optimizer=None, **kwargs) -> TrainerControl:
+        self._epoch_end(args, state, optimizer)  # epochs cut short by max_steps end here
+        return control
+
+    def _epoch_end(self, args, state, optimizer) -> None:
+        if self._epoch_end_step == state.global_step:
+            return
+        self._epoch_end_step = state.global_step
         ctx = self.context(args, state, optimizer, state.global_step)
         for schedule in self.schedules:
             self._apply(schedule.on_epoch_end(ctx), schedule)
-        return control
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> TrainerControl:
         if self.trainer is None and logs is not None and "loss" in logs:

@@ -280,3 +280,32 @@ def test_load_best_model_at_end_is_refused_with_a_restructuring_schedule(tmp_pat
                      eval_steps=2, save_steps=2)
     with pytest.raises(ValueError, match="load_best_model_at_end"):
         SparseTrainer(model=make_model(), args=args, train_dataset=LMData(), eval_dataset=LMData())
+
+
+def test_epoch_end_switch_is_in_the_checkpoint_of_that_step(tmp_path):
+    """A checkpoint written at an epoch's last step already holds what the epoch-end hooks did."""
+
+    class EpochSwitch(SwitchSchedule):
+        def after_optimizer_step(self, ctx: StepContext) -> Restructure | None:
+            return None
+
+        def on_epoch_end(self, ctx: StepContext) -> Restructure | None:
+            self.events.append(("epoch", ctx.step))
+            if self.switched_at is not None:
+                return None
+            self.switched_at = ctx.step
+            layer = self._layer(ctx.model)
+            get_sparsity_config(ctx.model).plan[TARGET] = layer.to_spec()
+            return Restructure({TARGET: layer})
+
+    SCHEDULES["test-switch"] = EpochSwitch
+    args = make_args(tmp_path, max_steps=12, save_strategy="steps", save_steps=8)  # 8 steps per epoch
+    full = SparseTrainer(model=make_model(), args=args, train_dataset=LMData())
+    full.train()
+    assert full.schedules[0].switched_at == 8
+    assert [e for e in full.schedules[0].events if e[0] == "epoch"] == [("epoch", 8), ("epoch", 12)]
+    resumed = SparseTrainer(model=make_model(), args=args, train_dataset=LMData())
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-8"))
+    assert resumed.schedules[0].switched_at == 8
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
