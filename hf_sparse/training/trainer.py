@@ -114,13 +114,6 @@ class SparseCallback(TrainerCallback):
             logs.update(self.metrics())
         return control
 
-    def on_save(self, args, state, control, **kwargs) -> TrainerControl:
-        if self.trainer is None and state.is_world_process_zero and self.schedules:
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            if os.path.isdir(folder):
-                self.save_state(folder)
-        return control
-
     def on_train_end(self, args, state, control, **kwargs) -> TrainerControl:
         if state.is_world_process_zero:
             os.makedirs(args.output_dir, exist_ok=True)
