@@ -4,7 +4,9 @@ Linear: ``x (tokens, n) @ W^T`` for a block-butterfly ``W (n, n)`` with ``K = 4`
 1/4, 1/8, 1/16 from butterfly sizes 16, 32, 64), forward and forward+backward (input and weight gradients), vs
 ``torch.matmul`` on the dense weight, the PyTorch butterfly path (batched GEMM) and ``torch.sparse`` BSR
 (forward only: torch has no BSR weight gradient). Attention: butterfly attention on the kernel (causal) vs
-``scaled_dot_product_attention`` (flash backend) at sequence 2048-16384, forward+backward.
+``scaled_dot_product_attention`` (flash backend) at sequence 2048-16384, forward+backward. Layer: a whole
+``PixelflyLinear`` (density 1/8 and 1/4 split as in the paper: a quarter to the low-rank term) on the fused kernel
+vs the same layer as separate launches, vs its PyTorch path and vs a dense ``nn.Linear``.
 
 Needs a CUDA GPU and Triton; writes ``benchmarks/results/kernels_<gpu>.json`` and ``.md``.
 ``--smoke`` runs tiny shapes on CPU with ``TRITON_INTERPRET=1`` to check the script end to end (no timings).
@@ -85,6 +87,41 @@ def bench_linear(n: int, tokens: int, groups: int, dtype: torch.dtype, device: s
     return row
 
 
+def unfused_layer(layer, x: torch.Tensor) -> torch.Tensor:
+    """The scalar-gated PixelflyLinear as separate launches (butterfly kernel, two low-rank GEMMs, transpose-add):
+    what the layer ran before the low-rank term was fused into the kernel."""
+    from hf_sparse.kernels.blocksparse_matmul import butterfly_matmul_triton
+
+    s = layer.shape
+    groups = butterfly_matmul_triton(x, layer.alpha * layer.butterfly_weight, layer.offsets)
+    rest = F.linear(F.linear(x, layer.v_weight), (1 - layer.alpha) * layer.u_weight, layer.bias)
+    return torch.add(rest.view(x.shape[0], s.butterfly_size, s.out_tile), groups.transpose(0, 1))
+
+
+def bench_layer(n: int, tokens: int, density: float, block: int, dtype: torch.dtype, device: str, measure) -> dict:
+    """A whole PixelflyLinear (butterfly + rank-r term + bias, Pixelfly's budget split) vs ``nn.Linear``."""
+    from hf_sparse.methods.pixelfly import PixelflyLinear, plan_shape
+
+    shape = plan_shape(n, n, density, block_size=block, lowrank_fraction=0.25)
+    layer = PixelflyLinear(shape, device=device, dtype=dtype)
+    dense = torch.nn.Linear(n, n, device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(tokens, n, device=device, dtype=dtype, generator=gen).requires_grad_()
+    grad = torch.randn(tokens, n, device=device, dtype=dtype, generator=gen)
+    params = [x, *layer.parameters()]
+    row = {"n": n, "tokens": tokens, "density": shape.density, "block": block, "rank": shape.rank,
+           "butterfly": f"{1 + shape.n_factors}/{shape.butterfly_size}", "dtype": str(dtype)[6:]}
+    os.environ["HF_SPARSE_BACKEND"] = "triton"
+    row["fused_fwdbwd_ms"] = measure(fwd_bwd(lambda: layer(x), grad, params))
+    row["unfused_fwdbwd_ms"] = measure(fwd_bwd(lambda: unfused_layer(layer, x).view(tokens, n), grad, params))
+    os.environ["HF_SPARSE_BACKEND"] = "torch"
+    row["torch_path_fwdbwd_ms"] = measure(fwd_bwd(lambda: layer(x), grad, params))
+    row["dense_fwdbwd_ms"] = measure(fwd_bwd(lambda: dense(x), grad, [x, *dense.parameters()]))
+    row["fused_vs_unfused"] = row["unfused_fwdbwd_ms"] / row["fused_fwdbwd_ms"]
+    row["speedup_vs_dense"] = row["dense_fwdbwd_ms"] / row["fused_fwdbwd_ms"]
+    return row
+
+
 def bench_attention(seq: int, heads: int, head_dim: int, block: int, dtype: torch.dtype, device: str, measure
                     ) -> dict:
     gen = torch.Generator(device=device).manual_seed(0)
@@ -140,6 +177,8 @@ def main() -> None:
     measure = timer(args.smoke)
     linear_rows = [bench_linear(n, tokens, groups, dtype, device, measure)
                    for dtype in DTYPES.values() for n in sizes for groups in (16, 32, 64)]
+    layer_rows = [bench_layer(n, tokens, density, 8 if args.smoke else 64, dtype, device, measure)
+                  for dtype in DTYPES.values() for n in sizes for density in (1 / 8, 1 / 4)]
     attention_rows = [bench_attention(seq, args.heads, d, block, torch.bfloat16 if device == "cuda" else torch.float32,
                                       device, measure) for d in head_dims for seq in seqs]
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu-smoke"
@@ -148,6 +187,10 @@ def main() -> None:
     text = (table(linear_rows, ["n", "dtype", "density", "block", "triton_fwd_ms", "torch_bmm_fwd_ms", "dense_fwd_ms",
                                 "bsr_fwd_ms", "triton_fwdbwd_ms", "torch_bmm_fwdbwd_ms", "dense_fwdbwd_ms",
                                 "speedup_fwdbwd_vs_dense"])
+            + "\n\n### Whole PixelflyLinear (butterfly + low rank + bias), forward+backward\n\n"
+            + table(layer_rows, ["n", "dtype", "density", "butterfly", "rank", "block", "fused_fwdbwd_ms",
+                                 "unfused_fwdbwd_ms", "torch_path_fwdbwd_ms", "dense_fwdbwd_ms", "fused_vs_unfused",
+                                 "speedup_vs_dense"])
             + "\n\n### Causal attention, forward+backward, batch 1\n\n"
             + table(attention_rows, ["seq", "head_dim", "block", "density", "dtype", "butterfly_fwdbwd_ms",
                                      "sdpa_flash_fwdbwd_ms", "speedup_vs_sdpa"]))
@@ -155,7 +198,8 @@ def main() -> None:
         print(text)
         return
     name = re.sub(r"[^a-z0-9]+", "_", gpu.lower()).strip("_")
-    write_results(RESULTS / f"kernels_{name}", title, text, {"linear": linear_rows, "attention": attention_rows})
+    write_results(RESULTS / f"kernels_{name}", title, text, {"linear": linear_rows, "layer": layer_rows,
+                                                                 "attention": attention_rows})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ BACKENDS = ("auto", "torch", "triton")
 TRITON_KERNELS: dict[str, object] = {}
 #: op name -> module of this package that registers its kernel (imported on first use: ``triton.jit`` reads
 #: ``TRITON_INTERPRET`` when a kernel is defined, and CPU-only runs never need to import Triton)
-KERNEL_MODULES = {"butterfly_matmul": "blocksparse_matmul", "butterfly_attention": "butterfly_attention"}
+KERNEL_MODULES = {"butterfly_matmul": "blocksparse_matmul", "pixelfly_linear": "pixelfly_linear",
+                  "butterfly_attention": "butterfly_attention"}
 
 
 def requested_backend() -> str:
@@ -54,3 +55,14 @@ def select_backend(op: str, tensor: torch.Tensor) -> str:
                              "TRITON_INTERPRET=1); got a tensor on " + str(tensor.device))
         return "triton"
     return "triton" if has_kernel and tensor.device.type == "cuda" else "torch"
+
+
+def autocast_operands(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """``tensors`` cast to the autocast dtype when autocast is on for their device (as ``F.linear`` / ``bmm``
+    would cast them), else unchanged. Custom autograd functions call it before ``apply`` so that forward and
+    backward see one dtype (the backward runs outside autocast)."""
+    device_type = next(t for t in tensors if t is not None).device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None else None for t in tensors)

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .backend import TRITON_KERNELS
-from .common import dot, precision
+from .common import cast_out, dot, precision
 
 
 @triton.jit
@@ -70,11 +70,11 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, keep_ptr, off_ptr, o_ptr, lse_ptr, H, N
             alpha = tl.exp(m - shift)
             p = tl.exp(s - shift[:, None])
             denom = denom * alpha + tl.sum(p, 1)
-            acc = dot(p.to(v.dtype), v, acc * alpha[:, None], PRECISION, UPCAST)
+            acc = dot(cast_out(p, v.dtype, UPCAST), v, acc * alpha[:, None], PRECISION, UPCAST)
             m = m_new
     out = acc / tl.maximum(denom, 1e-30)[:, None]
     lse = tl.where(denom > 0, m + tl.log(tl.maximum(denom, 1e-30)), float("-inf"))
-    tl.store(o_ptr + base + q_pos[:, None] * s_qt + rd[None, :] * s_qd, out.to(o_ptr.dtype.element_ty),
+    tl.store(o_ptr + base + q_pos[:, None] * s_qt + rd[None, :] * s_qd, cast_out(out, o_ptr.dtype.element_ty, UPCAST),
              mask=rd[None, :] < D)
     tl.store(lse_ptr + bh.to(tl.int64) * NB * BS + q_pos, lse)
 
@@ -110,8 +110,8 @@ def _grad_query_kernel(q_ptr, k_ptr, v_ptr, keep_ptr, off_ptr, do_ptr, lse_ptr, 
             p = tl.exp(s - lse[:, None])
             dp = dot(do, tl.trans(v), tl.zeros((BS, BS), dtype=tl.float32), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None]) * scale
-            dq = dot(ds.to(k.dtype), k, dq, PRECISION, UPCAST)
-    tl.store(dq_ptr + base + tile, dq.to(dq_ptr.dtype.element_ty), mask=rd[None, :] < D)
+            dq = dot(cast_out(ds, k.dtype, UPCAST), k, dq, PRECISION, UPCAST)
+    tl.store(dq_ptr + base + tile, cast_out(dq, dq_ptr.dtype.element_ty, UPCAST), mask=rd[None, :] < D)
 
 
 @triton.jit
@@ -144,12 +144,12 @@ def _grad_key_value_kernel(q_ptr, k_ptr, v_ptr, keep_ptr, off_ptr, do_ptr, lse_p
             s, k = _scores(q, k_ptr + base, keep_ptr + b * s_keep_b, i, j, rows, rows, rd, D, s_qt, s_qd,
                            s_keep_t, scale, IS_CAUSAL, BS, PRECISION, UPCAST)
             p = tl.exp(s - lse[:, None])
-            dv = dot(tl.trans(p.to(do.dtype)), do, dv, PRECISION, UPCAST)
+            dv = dot(tl.trans(cast_out(p, do.dtype, UPCAST)), do, dv, PRECISION, UPCAST)
             dp = dot(do, tl.trans(v), tl.zeros((BS, BS), dtype=tl.float32), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None]) * scale
-            dk = dot(tl.trans(ds.to(q.dtype)), q, dk, PRECISION, UPCAST)
-    tl.store(dk_ptr + base + k_tile, dk.to(dk_ptr.dtype.element_ty), mask=rd[None, :] < D)
-    tl.store(dv_ptr + base + k_tile, dv.to(dv_ptr.dtype.element_ty), mask=rd[None, :] < D)
+            dk = dot(tl.trans(cast_out(ds, q.dtype, UPCAST)), q, dk, PRECISION, UPCAST)
+    tl.store(dk_ptr + base + k_tile, cast_out(dk, dk_ptr.dtype.element_ty, UPCAST), mask=rd[None, :] < D)
+    tl.store(dv_ptr + base + k_tile, cast_out(dv, dv_ptr.dtype.element_ty, UPCAST), mask=rd[None, :] < D)
 
 
 def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

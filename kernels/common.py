@@ -25,3 +25,14 @@ def precision(dtype: torch.dtype) -> tuple[str | None, bool]:
     if dtype != torch.float32:
         return None, interpret and dtype == torch.bfloat16  # the precision setting applies to float32 only
     return ("tf32" if torch.backends.cuda.matmul.allow_tf32 and not interpret else "ieee"), False
+
+
+@triton.jit
+def cast_out(acc, dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """float32 ``acc`` cast to the output ``dtype``, rounding to nearest even as the GPU does. ``UPCAST``
+    (interpreter, bfloat16): the interpreter's float32 -> bfloat16 cast truncates, so round by hand first
+    (add half an ulp of bfloat16, ties to even, on the bit pattern; the truncation then drops the low half)."""
+    if UPCAST:
+        bits = acc.to(tl.uint32, bitcast=True)
+        acc = (bits + 0x7FFF + ((bits >> 16) & 1)).to(tl.float32, bitcast=True)
+    return acc.to(dtype)

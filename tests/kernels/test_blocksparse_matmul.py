@@ -11,8 +11,6 @@ require_triton_interpreter()
 
 from hf_sparse.kernels import blocksparse_matmul as bsm  # noqa: E402
 
-from hf_sparse.methods.pixelfly.butterfly import PixelflyShape  # noqa: E402
-from hf_sparse.methods.pixelfly.linear import PixelflyLinear  # noqa: E402
 from hf_sparse.methods.pixelfly.ops import butterfly_to_dense, partner_index  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -94,32 +92,3 @@ def test_bad_inputs_are_rejected():
         bsm.butterfly_matmul_triton(x, weight, (0, 1, 4))
     with pytest.raises(TypeError, match="dtype"):
         bsm.butterfly_matmul_triton(x, weight.half(), (0, 1, 2))
-
-
-def test_pixelfly_linear_runs_on_the_kernel_when_forced(monkeypatch):
-    """HF_SPARSE_BACKEND=triton routes PixelflyLinear through the kernel (counted), with the same result and
-    gradients as the PyTorch path."""
-    torch.manual_seed(3)
-    layer = PixelflyLinear(PixelflyShape(64, 48, 16, 4, 2, 4))
-    x = torch.randn(2, 5, 48)
-    monkeypatch.setenv("HF_SPARSE_BACKEND", "torch")
-    y_torch = layer(x)
-    y_torch.square().sum().backward()
-    grads_torch = {name: p.grad.clone() for name, p in layer.named_parameters()}
-    layer.zero_grad()
-
-    calls = []
-    original = bsm.TritonButterflyMatmul.forward
-
-    def counted(ctx, *args):
-        calls.append(1)
-        return original(ctx, *args)
-
-    monkeypatch.setattr(bsm.TritonButterflyMatmul, "forward", staticmethod(counted))
-    monkeypatch.setenv("HF_SPARSE_BACKEND", "triton")
-    y = layer(x)
-    y.square().sum().backward()
-    assert calls
-    assert_close(y.detach(), y_torch.detach().double(), torch.float32, "PixelflyLinear output")
-    for name, p in layer.named_parameters():
-        assert_close(p.grad, grads_torch[name].double(), torch.float32, f"grad {name}")

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...dense import describe_dense, weight_matrix
+from ...kernels.backend import TRITON_KERNELS, select_backend
 from ...layers import PlanError, SparseLayer, require, require_positive_int
 from ...registry import register_layer
 from .butterfly import PixelflyShape, butterfly_offsets, coarse_layout
@@ -107,6 +108,11 @@ class PixelflyLinear(SparseLayer):
             return self._forward_gated(x)
         s = self.shape
         lead, flat = x.shape[:-1], x.reshape(-1, s.in_features)
+        if select_backend("pixelfly_linear", flat) == "triton":  # one fused kernel call (+ one skinny GEMM)
+            low = (self.u_weight, (1 - self.alpha) * self.v_weight) if s.rank else (None, None)
+            y = TRITON_KERNELS["pixelfly_linear"](flat, self.alpha * self.butterfly_weight, self.offsets, *low,
+                                                  self.bias, s.out_features)
+            return y.reshape(*lead, s.out_features)
         # alpha scales the (small) weights, not the (large) outputs: no extra passes over activations
         butterfly = butterfly_groups(self._pad_input(flat), self.alpha * self.butterfly_weight, self.offsets)
         if s.rank:
@@ -130,11 +136,11 @@ class PixelflyLinear(SparseLayer):
         s = self.shape
         lead, flat = x.shape[:-1], x.reshape(-1, s.in_features)
         y = butterfly_matmul(self._pad_input(flat), self.butterfly_weight, self.offsets)[:, :s.out_features]
-        alpha = self.mixing(flat)
+        alpha = self.mixing(flat).to(y.dtype)  # under autocast the activations stay in the autocast dtype
         y = alpha * y
         if s.rank:
             y = y + (1 - alpha) * F.linear(F.linear(flat, self.v_weight), self.u_weight)
-        y = y + self.bias if self.bias is not None else y
+        y = y + self.bias.to(y.dtype) if self.bias is not None else y
         return y.reshape(*lead, s.out_features)
 
     def butterfly_dense(self) -> torch.Tensor:

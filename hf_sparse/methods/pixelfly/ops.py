@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ...kernels.backend import TRITON_KERNELS, select_backend
+from ...kernels.backend import TRITON_KERNELS, autocast_operands, select_backend
 
 
 def partner_index(butterfly_size: int, offsets: list[int], device: torch.device | None = None) -> torch.Tensor:
@@ -87,7 +87,9 @@ class ButterflyMatmul(torch.autograd.Function):
 
 def butterfly_groups(x: torch.Tensor, weight: torch.Tensor, offsets: tuple[int, ...]) -> torch.Tensor:
     """``(N, in_padded) -> (G, N, out_tile)`` block-butterfly product: the Triton kernel where
-    ``hf_sparse.kernels.backend`` selects it, else the PyTorch path (:class:`ButterflyMatmul`)."""
+    ``hf_sparse.kernels.backend`` selects it, else the PyTorch path (:class:`ButterflyMatmul`). Under autocast
+    both operands run in the autocast dtype."""
+    x, weight = autocast_operands(x, weight)
     if select_backend("butterfly_matmul", x) == "triton":
         return TRITON_KERNELS["butterfly_matmul"](x, weight, tuple(offsets))
     return ButterflyMatmul.apply(x, weight, tuple(offsets))
