@@ -12,7 +12,8 @@ Same layout as the PyTorch path (``hf_sparse.methods.pixelfly.attention``): quer
 Masks: causal, plus a key padding mask ``(B, T)``. The model's 4-D mask is reduced to those when it is exactly
 "key padding" or "causal and key padding" (the usual cases); anything else (arbitrary or per-head masks,
 additive biases, global blocks) is reported as unsupported and runs on the PyTorch path. Importing this module
-registers ``"butterfly_attention"`` in ``TRITON_KERNELS``.
+registers ``"butterfly_attention"`` in ``TRITON_KERNELS``. Warps and pipeline stages are autotuned per
+``(block size, head dim, causal)`` and dtype (one config in the interpreter).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton import knobs
 
 from .backend import TRITON_KERNELS
 from .common import cast_out, dot, precision
@@ -152,6 +154,25 @@ def _grad_key_value_kernel(q_ptr, k_ptr, v_ptr, keep_ptr, off_ptr, do_ptr, lse_p
     tl.store(dv_ptr + base + k_tile, cast_out(dv, dv_ptr.dtype.element_ty, UPCAST), mask=rd[None, :] < D)
 
 
+def _configs() -> list[triton.Config]:
+    """Warps and pipeline depth (the tile is the layout's block: one query or key block per program)."""
+    return [triton.Config({}, num_warps=warps, num_stages=stages) for warps in (4, 8) for stages in (1, 2, 3)]
+
+
+def _prune(configs, named_args, **kwargs):
+    """In the interpreter keep one config (no benchmarking): 8 warps for head dims over 64, else 4."""
+    if not knobs.runtime.interpret:
+        return configs
+    warps = 8 if {**named_args, **kwargs}["BLOCK_D"] > 64 else 4
+    return [next(c for c in configs if c.num_warps == warps)]
+
+
+_KEY = ["BS", "BLOCK_D", "IS_CAUSAL"]
+forward_tuned, grad_query_tuned, grad_key_value_tuned = (
+    triton.autotune(_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune})(kernel)
+    for kernel in (_forward_kernel, _grad_query_kernel, _grad_key_value_kernel))
+
+
 def _empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Output allocation (tests replace it with a NaN-filled one so that unwritten tiles fail)."""
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
@@ -166,7 +187,7 @@ def _meta(q: torch.Tensor, block_size: int, is_causal: bool) -> dict:
     prec, upcast = precision(q.dtype)
     d = q.shape[-1]
     return {"IS_CAUSAL": is_causal, "BS": block_size, "BLOCK_D": max(16, triton.next_power_of_2(d)),
-            "PRECISION": prec, "UPCAST": upcast, "num_warps": 8 if d > 64 else 4}
+            "PRECISION": prec, "UPCAST": upcast}
 
 
 class TritonButterflyAttention(torch.autograd.Function):
@@ -179,9 +200,9 @@ class TritonButterflyAttention(torch.autograd.Function):
         b, h, t, _ = q.shape
         out = _empty(q.shape, q)
         lse = _empty((b * h, t), q, torch.float32)
-        _forward_kernel[(t // block_size, b * h)](q, k, v, keep, offsets, out, lse,
-                                                  *_launch_args(q, keep, offsets, block_size, scale),
-                                                  **_meta(q, block_size, is_causal))
+        forward_tuned[(t // block_size, b * h)](q, k, v, keep, offsets, out, lse,
+                                                *_launch_args(q, keep, offsets, block_size, scale),
+                                                **_meta(q, block_size, is_causal))
         ctx.save_for_backward(q, k, v, keep, offsets, out, lse)
         ctx.block_size, ctx.is_causal, ctx.scale = block_size, is_causal, scale
         return out
@@ -196,9 +217,8 @@ class TritonButterflyAttention(torch.autograd.Function):
         dq, dk, dv = _empty(q.shape, q), _empty(k.shape, k), _empty(v.shape, v)
         args = _launch_args(q, keep, offsets, bs, scale)
         meta = _meta(q, bs, causal)
-        _grad_query_kernel[(t // bs, b * h)](q, k, v, keep, offsets, grad_out, lse, delta, dq, *args, **meta)
-        _grad_key_value_kernel[(t // bs, b * h)](q, k, v, keep, offsets, grad_out, lse, delta, dk, dv, *args,
-                                                 **meta)
+        grad_query_tuned[(t // bs, b * h)](q, k, v, keep, offsets, grad_out, lse, delta, dq, *args, **meta)
+        grad_key_value_tuned[(t // bs, b * h)](q, k, v, keep, offsets, grad_out, lse, delta, dk, dv, *args, **meta)
         return dq, dk, dv, None, None, None, None, None
 
 
