@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zlib
 
 import pytest
 import torch
@@ -16,6 +17,11 @@ def require_triton_interpreter() -> None:
     if os.environ.get("TRITON_INTERPRET") != "1" or type(language.zeros).__name__ != "InterpretedFunction":
         pytest.skip("Triton was imported before TRITON_INTERPRET=1 was set: run the kernel tests with "
                     "TRITON_INTERPRET=1 in the environment", allow_module_level=True)
+
+def case_seed(*parts) -> int:
+    """A seed of its own for every test case, the same in every run (``hash`` of strings is salted per process)."""
+    return zlib.crc32(repr(parts).encode())
+
 
 #: relative Frobenius error allowed per operand dtype (outputs and gradients)
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
