@@ -65,4 +65,5 @@ def autocast_operands(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | Non
     if not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dtype) if t is not None else None for t in tensors)
+    # as autocast itself: float64 operands stay float64
+    return tuple(t.to(dtype) if t is not None and t.dtype != torch.float64 else t for t in tensors)

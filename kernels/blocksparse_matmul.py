@@ -49,12 +49,13 @@ def _fits(size: int) -> int:
     return max(16, triton.next_power_of_2(size))
 
 
-def _prune(n_dim: str, k_dim: str):
-    """Drop configs whose N/K blocks exceed the tile dimensions; in the interpreter keep only the largest."""
+def _prune(n_dim: str, k_dim: str | None):
+    """Drop configs whose N/K blocks exceed the tile dimensions (``k_dim=None``: K is the token count, which is
+    not part of the tuning key, so it must not narrow the choice); in the interpreter keep only the largest."""
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        n_max, k_max = _fits(args[n_dim]), _fits(args[k_dim])
+        n_max, k_max = _fits(args[n_dim]), _fits(args[k_dim]) if k_dim else 1 << 30
         kept = [c for c in configs if c.kwargs["BLOCK_N"] <= n_max and c.kwargs["BLOCK_K"] <= k_max]
         kept = kept or [configs[-1]]
         if knobs.runtime.interpret:
@@ -99,8 +100,8 @@ def _forward_kernel(x_ptr, w_ptr, off_ptr, h_ptr, u_ptr, bias_ptr, y_ptr, N, IN_
             acc = dot(a, b, acc, PRECISION, UPCAST)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + out_cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + g * s_yg + rm[:, None] * s_yn + rn[None, :] * s_yo, cast_out(acc, y_ptr.dtype.element_ty, UPCAST),
-             mask=(rm[:, None] < N) & col_ok[None, :])
+    tl.store(y_ptr + g.to(tl.int64) * s_yg + rm[:, None] * s_yn + rn[None, :] * s_yo,
+             cast_out(acc, y_ptr.dtype.element_ty, UPCAST), mask=(rm[:, None] < N) & col_ok[None, :])
 
 
 @triton.jit
@@ -122,7 +123,7 @@ def _grad_input_kernel(dy_ptr, w_ptr, off_ptr, dh_ptr, v_ptr, dx_ptr, N, IN_FEAT
         for o0 in range(0, OUT_TILE, BLOCK_K):
             outs = o0 + rk
             out_ok = (outs < OUT_TILE) & (g * OUT_TILE + outs < OUT_FEATURES)
-            a = tl.load(dy_ptr + g * s_dg + rm[:, None] * s_dn + outs[None, :] * s_do,
+            a = tl.load(dy_ptr + g.to(tl.int64) * s_dg + rm[:, None] * s_dn + outs[None, :] * s_do,
                         mask=(rm[:, None] < N) & out_ok[None, :], other=0.0)
             b = tl.load(w_ptr + g * s_wg + outs[:, None] * s_wo + (k * IN_TILE + rn)[None, :] * s_wc,
                         mask=(outs[:, None] < OUT_TILE) & (rn[None, :] < IN_TILE), other=0.0)
@@ -157,7 +158,7 @@ def _grad_weight_kernel(dy_ptr, x_ptr, off_ptr, dw_ptr, N, IN_FEATURES, OUT_FEAT
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_K):
         toks = (n0 + rk).to(tl.int64)
-        a = tl.load(dy_ptr + g * s_dg + rm[:, None] * s_do + toks[None, :] * s_dn,
+        a = tl.load(dy_ptr + g.to(tl.int64) * s_dg + rm[:, None] * s_do + toks[None, :] * s_dn,
                     mask=row_ok[:, None] & (toks[None, :] < N), other=0.0)
         b = tl.load(x_ptr + toks[:, None] * s_xn + (src * IN_TILE + rn)[None, :] * s_xc,
                     mask=(toks[:, None] < N) & col_ok[None, :], other=0.0)
@@ -172,7 +173,7 @@ forward_tuned = triton.autotune(_configs(), key=_KEY, prune_configs_by={
 grad_input_tuned = triton.autotune(_configs(), key=_KEY, prune_configs_by={
     "early_config_prune": _prune("IN_TILE", "OUT_TILE")})(_grad_input_kernel)
 grad_weight_tuned = triton.autotune(_configs(), key=["OUT_TILE", "IN_TILE", "K"], prune_configs_by={
-    "early_config_prune": _prune("IN_TILE", "N")})(_grad_weight_kernel)
+    "early_config_prune": _prune("IN_TILE", None)})(_grad_weight_kernel)
 
 
 def _empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:

@@ -71,9 +71,9 @@ def pixelfly_linear_triton(x: torch.Tensor, butterfly: torch.Tensor, offsets: tu
     n, groups, out_tile, _, _ = bsm.check_inputs(x, butterfly, offsets, padded_input=True)
     if (u is None) != (v is None):
         raise ValueError("pixelfly_linear: pass both low-rank factors u (out, R) and v (R, in) or neither")
-    if not (groups - 1) * out_tile < out_features <= groups * out_tile:
-        raise ValueError(f"pixelfly_linear: out_features={out_features} must be in ({(groups - 1) * out_tile}, "
-                         f"{groups * out_tile}] for {groups} groups of {out_tile} rows")
+    if not 0 < out_features <= groups * out_tile:
+        raise ValueError(f"pixelfly_linear: out_features={out_features} must be in [1, {groups * out_tile}] for "
+                         f"{groups} groups of {out_tile} rows (rows past out_features are padding)")
     if u is not None and (u.shape[0] != out_features or v.shape != (u.shape[1], x.shape[1])):
         raise ValueError(f"pixelfly_linear: u must be ({out_features}, R) and v (R, {x.shape[1]}), got "
                          f"{tuple(u.shape)} and {tuple(v.shape)}")

@@ -25,6 +25,9 @@ CASES = [
     (29, 4, 16, 32, (0, 1, 2), 57, 100, 20, True),
     (19, 8, 16, 16, (0, 1, 2, 4), 120, 128, 0, False),
     (23, 4, 32, 16, (0, 2), 128, 50, 8, False),
+    # whole padding groups (output groups 3, input groups 2-3 beyond the features; plan_shape makes such shapes)
+    # and more tokens than one row tile, so programs with pid_m > 0 run the low-rank, bias and masked columns
+    (133, 4, 16, 16, (0, 1, 2), 40, 30, 16, True),
 ]
 
 
@@ -109,14 +112,16 @@ def _run(layer: PixelflyLinear, x: torch.Tensor, backend: str, monkeypatch, auto
     return y.detach(), {name: p.grad.clone() for name, p in layer.named_parameters() if p.numel()}
 
 
-@pytest.mark.parametrize("rank", [4, 0])
-def test_scalar_gated_layer_runs_fused_with_torch_results(rank, monkeypatch):
+@pytest.mark.parametrize(("out_features", "rank"), [(64, 4), (64, 0), (80, 16)])
+def test_scalar_gated_layer_runs_fused_with_torch_results(out_features, rank, monkeypatch):
     """HF_SPARSE_BACKEND=triton: the layer makes one fused call (counted) with the PyTorch path's output and
-    gradients, alpha's included; input 48 of 64 padded columns, bias on."""
+    gradients, alpha's included; input 48 of 64 padded columns, bias on; 80 outputs pad to 4 groups of 32 rows
+    (the last group is all padding)."""
     torch.manual_seed(3)
-    layer = PixelflyLinear(PixelflyShape(64, 48, 16, 4, 2, rank))
+    layer = PixelflyLinear(PixelflyShape(out_features, 48, 16, 4, 2, rank))
     with torch.no_grad():
         layer.alpha.fill_(0.7 if rank else 1.0)
+    assert layer.shape.out_padded - out_features >= 32 or out_features == 64
     x = torch.randn(2, 5, 48)
     y_torch, grads_torch = _run(layer, x, "torch", monkeypatch)
     calls = _count_calls(monkeypatch, pfl.TritonPixelflyLinear)
@@ -171,8 +176,8 @@ def test_bad_inputs_are_rejected():
     u, v = torch.zeros(64, 8), torch.zeros(8, 60)
     with pytest.raises(ValueError, match="both low-rank factors"):
         pfl.pixelfly_linear_triton(x, w, (0, 1, 2), u, None, None, 64)
-    with pytest.raises(ValueError, match="out_features=40"):
-        pfl.pixelfly_linear_triton(x, w, (0, 1, 2), None, None, None, 40)
+    with pytest.raises(ValueError, match="out_features=65"):
+        pfl.pixelfly_linear_triton(x, w, (0, 1, 2), None, None, None, 65)
     with pytest.raises(ValueError, match=r"v \(R, 60\)"):
         pfl.pixelfly_linear_triton(x, w, (0, 1, 2), u, torch.zeros(8, 64), None, 64)
     with pytest.raises(ValueError, match="bias must be"):

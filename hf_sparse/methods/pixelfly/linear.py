@@ -118,7 +118,7 @@ class PixelflyLinear(SparseLayer):
         if s.rank:
             rest = F.linear(F.linear(flat, self.v_weight), (1 - self.alpha) * self.u_weight, self.bias)
         else:
-            rest = self.bias.expand(flat.shape[0], -1) if self.bias is not None else None
+            rest = self.bias.to(butterfly.dtype).expand(flat.shape[0], -1) if self.bias is not None else None
         if s.out_padded == s.out_features and rest is not None:
             # add the group-major butterfly output while transposing it: one pass over the output
             y = torch.add(rest.view(flat.shape[0], s.butterfly_size, s.out_tile), butterfly.transpose(0, 1))
