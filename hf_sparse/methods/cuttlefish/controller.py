@@ -10,6 +10,7 @@ run, the selected layers become LED / CED at their scaled stable ranks.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -82,6 +83,9 @@ class CuttlefishSchedule(TrainingSchedule):
         #: one entry per measurement: {"step", "epoch", "stable_ranks": {name: float}, "ranks": {name: int}}
         self.history: list[dict[str, Any]] = []
         self.input_shapes: dict[str, list[int]] = {}
+        #: autocast dtype ("bfloat16", "float16") the layers ran under when their shapes were recorded, or None:
+        #: profiling times the candidates the same way (mixed-precision speedups differ from float32 ones)
+        self.autocast_dtype: str | None = None
         #: stacks with their timings (``profiling.profile_stacks``); None until profiled
         self.profile: list[dict[str, Any]] | None = None
         #: per-stack decisions taken at the switch (``profiling.decide_stack``)
@@ -205,8 +209,8 @@ class CuttlefishSchedule(TrainingSchedule):
 
     def state_dict(self) -> dict[str, Any]:
         return copy.deepcopy({"version": STATE_VERSION, "layers": self.layers, "history": self.history,
-                              "input_shapes": self.input_shapes, "profile": self.profile,
-                              "decisions": self.decisions, "switch": self.switch,
+                              "input_shapes": self.input_shapes, "autocast_dtype": self.autocast_dtype,
+                              "profile": self.profile, "decisions": self.decisions, "switch": self.switch,
                               "tracking_seconds": self.tracking_seconds, "profiling_seconds": self.profiling_seconds,
                               "switch_seconds": self.switch_seconds})
 
@@ -220,6 +224,7 @@ class CuttlefishSchedule(TrainingSchedule):
         self._remove_hooks()
         self.layers, self.history = state["layers"], state["history"]
         self.input_shapes, self.profile = state["input_shapes"], state["profile"]
+        self.autocast_dtype = state.get("autocast_dtype")  # absent in states written before it was recorded
         self.decisions, self.switch = state["decisions"], state["switch"]
         self.tracking_seconds = state["tracking_seconds"]
         self.profiling_seconds = state["profiling_seconds"]
@@ -247,7 +252,8 @@ class CuttlefishSchedule(TrainingSchedule):
                        "K_factorized_stacks": [d["stack"] for d in self.decisions if d["factorize"]],
                        "R_ranks": switch["ranks"]}
         return {"config": self.config.without_plan().to_dict(), "layers": self.layers, "history": self.history,
-                "stacks": stacks, "decisions": self.decisions, "switch": switch, "chosen": summary,
+                "stacks": stacks, "profiled_autocast": self.autocast_dtype, "decisions": self.decisions,
+                "switch": switch, "chosen": summary,
                 "seconds": {"rank_tracking": self.tracking_seconds, "profiling": self.profiling_seconds,
                             "switch": self.switch_seconds}}
 
@@ -266,6 +272,8 @@ class CuttlefishSchedule(TrainingSchedule):
                 x = args[0] if args else next((v for v in kwargs.values() if torch.is_tensor(v)), None)
                 if x is not None and name not in self.input_shapes:
                     self.input_shapes[name] = list(x.shape)
+                    if torch.is_autocast_enabled(x.device.type):
+                        self.autocast_dtype = str(torch.get_autocast_dtype(x.device.type)).removeprefix("torch.")
 
             self._hooks.append(model.get_submodule(name).register_forward_pre_hook(record, with_kwargs=True))
 
@@ -281,8 +289,11 @@ class CuttlefishSchedule(TrainingSchedule):
         if _is_main():
             modules = self._modules(model)
             stacks = group_stacks(modules, self.input_shapes)
-            table = profile_stacks(stacks, modules, self.config.candidate_rank_ratios, self.config.extra_norm,
-                                   timed_forward_backward(), repeats=self.config.profile_repeats)
+            device_type = next(model.parameters()).device.type
+            with (torch.autocast(device_type, dtype=getattr(torch, self.autocast_dtype)) if self.autocast_dtype
+                  else contextlib.nullcontext()):
+                table = profile_stacks(stacks, modules, self.config.candidate_rank_ratios, self.config.extra_norm,
+                                       timed_forward_backward(), repeats=self.config.profile_repeats)
         self.profile = broadcast_from_main(table)
         self.profiling_seconds += time.perf_counter() - start
         for entry in self.profile:

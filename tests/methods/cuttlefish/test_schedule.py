@@ -50,12 +50,15 @@ class Driver:
             self.restructures.append((self.step, restructure))
             apply_restructure(self.model, self.optimizer, restructure)
 
-    def run(self, until: int | None = None) -> "Driver":
+    def run(self, until: int | None = None, autocast: torch.dtype | None = None) -> "Driver":
+        """Train to step ``until``; ``autocast``: forward passes under CPU autocast in that dtype (hooks outside,
+        as in the Trainer)."""
         if self.step == 0:
             self.schedule.on_train_begin(self.ctx(0))
         while self.step < (until or self.max_steps):
             batch = self.data[torch.randint(len(self.data), (8,), generator=self.gen)]
-            loss = self.model(input_ids=batch, labels=batch).loss
+            with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                loss = self.model(input_ids=batch, labels=batch).loss
             reg = self.schedule.regularization_loss(self.model)
             (loss if reg is None else loss + reg).backward()
             self.losses.append(loss.item())
@@ -132,6 +135,31 @@ def test_no_stack_worth_factorizing_keeps_training_full_rank():
     assert not any(d["factorize"] for d in decisions.values())
     fc = next(s for s in schedule.profile if s["stack"] == "transformer.h.*.mlp.c_fc")
     assert fc["dense_seconds"] > 0 and [c["rank"] for c in fc["candidates"]] == [16]
+
+
+def test_profiling_times_layers_in_the_mixed_precision_training_uses(monkeypatch):
+    """Forward passes under bf16 autocast: the candidates are timed under the same autocast (float32 timings
+    would misjudge where factorizing pays off), recorded in the state and the report."""
+    from hf_sparse.methods.cuttlefish import controller
+
+    seen = []
+    original = controller.profile_stacks
+
+    def spy(*args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(controller, "profile_stacks", spy)
+    config = CuttlefishConfig(tau=1e6, rank_check_interval=2, smoothing_window=1, min_checks=1, epsilon=100.0,
+                              candidate_rank_ratios=[0.5], profile_repeats=1)
+    driver = Driver(config, max_steps=2).run(autocast=torch.bfloat16)
+    assert seen == [(True, torch.bfloat16)]
+    assert driver.schedule.autocast_dtype == "bfloat16" and driver.schedule.report()["profiled_autocast"] == "bfloat16"
+    restored = CuttlefishSchedule(driver.model, get_sparsity_config(driver.model))
+    restored.load_state_dict(driver.schedule.state_dict(), driver.model)
+    assert restored.autocast_dtype == "bfloat16"
+    plain = Driver(config, max_steps=2).run()
+    assert plain.schedule.autocast_dtype is None and seen[-1][0] is False
 
 
 def switch_at_4(**kwargs) -> Driver:
