@@ -66,6 +66,22 @@ def _prune(n_dim: str, k_dim: str | None):
 
 
 @triton.jit
+def _add_lowrank(acc, a_ptr, b_ptr, rows, cols, col_ok, N, R, s_an, s_ar, s_br, s_bc, PRECISION: tl.constexpr,
+                 UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``acc + A[rows, :R] @ B[:R, cols]`` for ``A (N, R)`` and ``B (R, *)`` given by their strides (the low-rank
+    term of the forward, ``h U^T``, and of the grad input, ``dh V``)."""
+    rk = tl.arange(0, BLOCK_K)
+    for r0 in range(0, R, BLOCK_K):
+        rr = r0 + rk
+        a = tl.load(a_ptr + rows[:, None] * s_an + rr[None, :] * s_ar, mask=(rows[:, None] < N) & (rr[None, :] < R),
+                    other=0.0)
+        b = tl.load(b_ptr + rr[:, None] * s_br + cols[None, :] * s_bc, mask=(rr[:, None] < R) & col_ok[None, :],
+                    other=0.0)
+        acc = dot(a, b, acc, PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
 def _forward_kernel(x_ptr, w_ptr, off_ptr, h_ptr, u_ptr, bias_ptr, y_ptr, N, IN_FEATURES, OUT_FEATURES, OUT_TILE,
                     IN_TILE, K, R, s_xn, s_xc, s_wg, s_wo, s_wc, s_hn, s_hr, s_uo, s_ur, s_yg, s_yn, s_yo,
                     HAS_LOWRANK: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
@@ -91,13 +107,8 @@ def _forward_kernel(x_ptr, w_ptr, off_ptr, h_ptr, u_ptr, bias_ptr, y_ptr, N, IN_
                         mask=(rn[None, :] < OUT_TILE) & (cols[:, None] < IN_TILE), other=0.0)
             acc = dot(a, b, acc, PRECISION, UPCAST)
     if HAS_LOWRANK:  # + h[rows] @ U[cols]^T, h = x V^T (N, R)
-        for r0 in range(0, R, BLOCK_K):
-            rr = r0 + rk
-            a = tl.load(h_ptr + rm[:, None] * s_hn + rr[None, :] * s_hr, mask=(rm[:, None] < N) & (rr[None, :] < R),
-                        other=0.0)
-            b = tl.load(u_ptr + out_cols[None, :] * s_uo + rr[:, None] * s_ur, mask=col_ok[None, :] & (rr[:, None] < R),
-                        other=0.0)
-            acc = dot(a, b, acc, PRECISION, UPCAST)
+        acc = _add_lowrank(acc, h_ptr, u_ptr, rm, out_cols, col_ok, N, R, s_hn, s_hr, s_ur, s_uo, PRECISION, UPCAST,
+                           BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + out_cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + g.to(tl.int64) * s_yg + rm[:, None] * s_yn + rn[None, :] * s_yo,
@@ -128,14 +139,9 @@ def _grad_input_kernel(dy_ptr, w_ptr, off_ptr, dh_ptr, v_ptr, dx_ptr, N, IN_FEAT
             b = tl.load(w_ptr + g * s_wg + outs[:, None] * s_wo + (k * IN_TILE + rn)[None, :] * s_wc,
                         mask=(outs[:, None] < OUT_TILE) & (rn[None, :] < IN_TILE), other=0.0)
             acc = dot(a, b, acc, PRECISION, UPCAST)
-    if HAS_LOWRANK:
-        for r0 in range(0, R, BLOCK_K):
-            rr = r0 + rk
-            a = tl.load(dh_ptr + rm[:, None] * s_hn + rr[None, :] * s_hr, mask=(rm[:, None] < N) & (rr[None, :] < R),
-                        other=0.0)
-            b = tl.load(v_ptr + rr[:, None] * s_vr + in_cols[None, :] * s_vc, mask=(rr[:, None] < R) & col_ok[None, :],
-                        other=0.0)
-            acc = dot(a, b, acc, PRECISION, UPCAST)
+    if HAS_LOWRANK:  # + dh[rows] @ V[:, cols], dh = dy U (N, R)
+        acc = _add_lowrank(acc, dh_ptr, v_ptr, rm, in_cols, col_ok, N, R, s_hn, s_hr, s_vr, s_vc, PRECISION, UPCAST,
+                           BLOCK_K)
     tl.store(dx_ptr + rm[:, None] * s_xn + in_cols[None, :] * s_xc, cast_out(acc, dx_ptr.dtype.element_ty, UPCAST),
              mask=(rm[:, None] < N) & col_ok[None, :])
 
